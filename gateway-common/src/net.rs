@@ -30,7 +30,11 @@ pub fn mask_v4(addr: [u8; 4], prefix: u32) -> [u8; 4] {
 #[inline(always)]
 pub fn mask_v6(addr: [u8; 16], prefix: u32) -> [u8; 16] {
     let bits = if prefix > 128 { 128 } else { prefix };
-    let (hi_bits, lo_bits) = if bits >= 64 { (64, bits - 64) } else { (bits, 0) };
+    let (hi_bits, lo_bits) = if bits >= 64 {
+        (64, bits - 64)
+    } else {
+        (bits, 0)
+    };
     let mut hi = [0u8; 8];
     let mut lo = [0u8; 8];
     hi.copy_from_slice(&addr[..8]);
@@ -47,7 +51,9 @@ pub fn mask_v6(addr: [u8; 16], prefix: u32) -> [u8; 16] {
 #[inline(always)]
 pub fn rate_key_v4(addr: [u8; 4], prefix: u32) -> RateKey {
     let m = mask_v4(addr, prefix);
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, m[0], m[1], m[2], m[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, m[0], m[1], m[2], m[3],
+    ]
 }
 
 /// The rate-limit key of an IPv6 source.
@@ -72,11 +78,22 @@ mod tests {
 
     #[test]
     fn v6_masks() {
-        let a = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let a = [
+            0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
         assert_eq!(mask_v6(a, 128), a);
-        assert_eq!(mask_v6(a, 64), [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(mask_v6(a, 32), [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(mask_v6(a, 72), [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            mask_v6(a, 64),
+            [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            mask_v6(a, 32),
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            mask_v6(a, 72),
+            [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0]
+        );
         assert_eq!(mask_v6(a, 0), [0; 16]);
         assert_eq!(mask_v6(a, 200), a);
     }
@@ -85,7 +102,10 @@ mod tests {
     fn rate_keys_do_not_collide_across_families_by_accident() {
         let k4 = rate_key_v4([198, 18, 0, 1], 32);
         assert_eq!(&k4[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
-        let k6 = rate_key_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 64);
+        let k6 = rate_key_v6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            64,
+        );
         assert_ne!(k4, k6);
     }
 

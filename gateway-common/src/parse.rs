@@ -20,6 +20,8 @@ pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const ETH_P_QINQ1: u16 = 0x9100;
 
 /// Read access to a frame. Implementations return `None` for any read past the end.
+// A frame is never asked whether it is empty: the parser only compares lengths.
+#[allow(clippy::len_without_is_empty)]
 pub trait Frame {
     /// Bytes in the frame.
     fn len(&self) -> usize;
@@ -89,7 +91,9 @@ pub fn source<F: Frame + ?Sized>(frame: &F) -> Result<Source, Malformed> {
             break;
         }
         // TCI (2 bytes) then the encapsulated EtherType.
-        let [hi, lo] = frame.read::<2>(offset + 2).ok_or(Malformed::TruncatedVlan)?;
+        let [hi, lo] = frame
+            .read::<2>(offset + 2)
+            .ok_or(Malformed::TruncatedVlan)?;
         ethertype = u16::from_be_bytes([hi, lo]);
         offset += VLAN_HLEN;
     }
@@ -105,7 +109,9 @@ pub fn source<F: Frame + ?Sized>(frame: &F) -> Result<Source, Malformed> {
 
 #[inline(always)]
 fn ipv4_source<F: Frame + ?Sized>(frame: &F, offset: usize) -> Result<Source, Malformed> {
-    let h = frame.read::<IPV4_MIN_HLEN>(offset).ok_or(Malformed::TruncatedIpv4)?;
+    let h = frame
+        .read::<IPV4_MIN_HLEN>(offset)
+        .ok_or(Malformed::TruncatedIpv4)?;
     if h[0] >> 4 != 4 {
         return Err(Malformed::BadIpv4Version);
     }
@@ -137,7 +143,9 @@ fn ipv6_source<F: Frame + ?Sized>(frame: &F, offset: usize) -> Result<Source, Ma
         }
         return Err(Malformed::BadIpv6Version);
     }
-    let src = frame.read::<16>(offset + 8).ok_or(Malformed::TruncatedIpv6)?;
+    let src = frame
+        .read::<16>(offset + 8)
+        .ok_or(Malformed::TruncatedIpv6)?;
     if frame.len() < offset + IPV6_HLEN {
         return Err(Malformed::TruncatedIpv6);
     }
@@ -176,7 +184,9 @@ mod tests {
     }
 
     fn tagged(tags: &[u16], inner: u16) -> Vec<u8> {
-        let Some((first, rest)) = tags.split_first() else { return eth(inner) };
+        let Some((first, rest)) = tags.split_first() else {
+            return eth(inner);
+        };
         let mut f = eth(*first);
         for (i, _) in tags.iter().enumerate() {
             f.extend_from_slice(&[0, 100]);
@@ -254,7 +264,11 @@ mod tests {
             let mut h = ipv4(SRC4, 8);
             h[2..4].copy_from_slice(&total.to_be_bytes());
             f.extend(h);
-            assert_eq!(source(&f[..]), Err(Malformed::BadIpv4TotalLength), "total {total}");
+            assert_eq!(
+                source(&f[..]),
+                Err(Malformed::BadIpv4TotalLength),
+                "total {total}"
+            );
         }
 
         let mut f = eth(ETH_P_IPV6);
@@ -270,7 +284,11 @@ mod tests {
 
     #[test]
     fn every_truncation_is_malformed_never_a_source() {
-        for tags in [&[][..], &[ETH_P_8021Q][..], &[ETH_P_8021AD, ETH_P_8021Q][..]] {
+        for tags in [
+            &[][..],
+            &[ETH_P_8021Q][..],
+            &[ETH_P_8021AD, ETH_P_8021Q][..],
+        ] {
             let mut v4 = tagged(tags, ETH_P_IP);
             v4.extend(ipv4(SRC4, 0));
             let mut v6 = tagged(tags, ETH_P_IPV6);

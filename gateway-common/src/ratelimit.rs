@@ -37,7 +37,11 @@ impl Settings {
             return Err(RateError::Prefix6TooLong);
         }
         if pps == 0 {
-            return Ok(Settings { prefix4, prefix6, ..Settings::default() });
+            return Ok(Settings {
+                prefix4,
+                prefix6,
+                ..Settings::default()
+            });
         }
         if burst == 0 {
             return Err(RateError::BurstZero);
@@ -131,10 +135,22 @@ mod tests {
     #[test]
     fn refused_settings() {
         assert_eq!(Settings::rate(10, 0, 32, 64), Err(RateError::BurstZero));
-        assert_eq!(Settings::rate(MAX_PPS + 1, 1, 32, 64), Err(RateError::PpsTooHigh));
-        assert_eq!(Settings::rate(10, MAX_BURST + 1, 32, 64), Err(RateError::BurstTooHigh));
-        assert_eq!(Settings::rate(10, 1, 33, 64), Err(RateError::Prefix4TooLong));
-        assert_eq!(Settings::rate(10, 1, 32, 129), Err(RateError::Prefix6TooLong));
+        assert_eq!(
+            Settings::rate(MAX_PPS + 1, 1, 32, 64),
+            Err(RateError::PpsTooHigh)
+        );
+        assert_eq!(
+            Settings::rate(10, MAX_BURST + 1, 32, 64),
+            Err(RateError::BurstTooHigh)
+        );
+        assert_eq!(
+            Settings::rate(10, 1, 33, 64),
+            Err(RateError::Prefix4TooLong)
+        );
+        assert_eq!(
+            Settings::rate(10, 1, 32, 129),
+            Err(RateError::Prefix6TooLong)
+        );
         let off = Settings::rate(0, 0, 24, 48).unwrap();
         assert!(!off.rate_limited());
         assert_eq!((off.prefix4, off.prefix6), (24, 48));
@@ -143,7 +159,10 @@ mod tests {
     #[test]
     fn extremes_do_not_overflow() {
         let s = Settings::rate(MAX_PPS, MAX_BURST, 32, 128).unwrap();
-        assert_eq!(admit(u64::MAX - 1, u64::MAX, s.interval_ns, s.burst_ns), Some(u64::MAX));
+        assert_eq!(
+            admit(u64::MAX - 1, u64::MAX, s.interval_ns, s.burst_ns),
+            Some(u64::MAX)
+        );
         let s = Settings::rate(1, MAX_BURST, 32, 128).unwrap();
         assert!(admit(0, 0, s.interval_ns, s.burst_ns).is_some());
     }

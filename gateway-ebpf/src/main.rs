@@ -43,21 +43,29 @@ use gateway_common::{
 const DEFAULT_ENTRIES: u32 = 1024;
 
 #[map]
-static BLOCK4_HOST: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static BLOCK4_HOST: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static BLOCK4_NET: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static BLOCK4_NET: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static BLOCK6_HOST: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static BLOCK6_HOST: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static BLOCK6_NET: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static BLOCK6_NET: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static ALLOW4_HOST: HashMap<[u8; 4], u32> = HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW4_HOST: HashMap<[u8; 4], u32> =
+    HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static ALLOW4_NET: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW4_NET: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static ALLOW6_HOST: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW6_HOST: HashMap<[u8; 16], u32> =
+    HashMap::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static ALLOW6_NET: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+static ALLOW6_NET: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Theoretical arrival time per source key. An LRU map: a flood of spoofed sources evicts the
 /// least recently seen keys instead of filling the map and locking new sources out.
@@ -178,7 +186,12 @@ fn rate_limit(settings: &Settings, key: &RateKey) -> Verdict {
         Some(tat) => {
             // SAFETY: the pointer comes from a successful lookup; an LRU eviction racing with
             // us can at worst make us read or write a recycled slot, which only skews a limit.
-            match ratelimit::admit(now, unsafe { *tat }, settings.interval_ns, settings.burst_ns) {
+            match ratelimit::admit(
+                now,
+                unsafe { *tat },
+                settings.interval_ns,
+                settings.burst_ns,
+            ) {
                 Some(next) => {
                     unsafe { *tat = next };
                     Verdict::Passed

@@ -1,0 +1,463 @@
+//! The `gateway` command line: the daemon (`run`), config checking, and the client commands that
+//! talk to a running daemon over its admin socket.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::{
+    admin::{self, Request, Response},
+    config::{Config, DEFAULT_ADMIN_SOCKET},
+    daemon,
+    lists::{self, ListKind},
+    net,
+};
+
+/// eBPF-accelerated API gateway: XDP blocklist and per-source rate limiting at the NIC.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's admin socket (client commands).
+    #[arg(long, global = true, env = "GATEWAY_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: load the lists, attach XDP, serve the admin socket (SIGINT/SIGTERM stop it).
+    Run {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a config file and exit: 0 when valid, 1 with FILE:LINE: KEY: ERROR otherwise.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Manage the blocklist: sources dropped in XDP.
+    #[command(subcommand)]
+    Block(ListCommand),
+    /// Manage the allowlist: sources that bypass the blocklist and the rate limit.
+    #[command(subcommand)]
+    Allow(ListCommand),
+    /// Show or change the per-source packet rate limit enforced in XDP.
+    #[command(subcommand)]
+    Ratelimit(RateCommand),
+    /// Show the XDP verdict counters (summed over CPUs), list sizes and the rate limit.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListCommand {
+    /// Add addresses or CIDRs (all or none); re-adding one updates its TTL and reason.
+    Add {
+        #[arg(value_name = "IP|CIDR", required = true)]
+        nets: Vec<String>,
+        #[command(flatten)]
+        meta: EntryMeta,
+    },
+    /// Remove addresses or CIDRs (all must be listed, or nothing changes).
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(value_name = "IP|CIDR", required = true)]
+        nets: Vec<String>,
+    },
+    /// List the entries.
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add every address or CIDR in FILE (one per line, `#` or `;` comments); a bad line aborts
+    /// the import and nothing is applied. FILE `-` reads stdin.
+    Import {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        meta: EntryMeta,
+    },
+}
+
+#[derive(Debug, Args)]
+struct EntryMeta {
+    /// Remove the entry after this long, e.g. 90s, 10m, 12h, 7d.
+    #[arg(long, value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+    /// Why it is listed (shown by `list`).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RateCommand {
+    /// Set packets per second and burst per source (0 pps turns the limit off). Overrides the
+    /// config until `ratelimit reset`, also across restarts.
+    Set {
+        #[arg(long)]
+        pps: u64,
+        /// Packets a source may send at once; defaults to one second's worth (= pps).
+        #[arg(long)]
+        burst: Option<u64>,
+        /// Count IPv4 sources per /N network (default: unchanged).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=32))]
+        prefix4: Option<u32>,
+        /// Count IPv6 sources per /N network (default: unchanged).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=128))]
+        prefix6: Option<u32>,
+    },
+    /// Show the rate limit in force and where it comes from (config or override).
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the override and go back to the config's rate limit.
+    Reset,
+}
+
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 90s, 10m, 12h or 7d ({e})"))?;
+    if ttl.is_zero() {
+        return Err("the TTL must be longer than zero".into());
+    }
+    if ttl > MAX_TTL {
+        return Err("the TTL may be at most 10 years; leave it out for a permanent entry".into());
+    }
+    Ok(ttl)
+}
+
+/// Runs the command line; the process exit code: 0 success, 1 failure, 2 usage error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let socket = cli.socket.as_path();
+    match cli.command {
+        Command::Run { config } => daemon::run(&config),
+        Command::CheckConfig { config } => {
+            Config::load(&config).map_err(|e| e.to_string())?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Block(cmd) => list_command(socket, ListKind::Block, cmd),
+        Command::Allow(cmd) => list_command(socket, ListKind::Allow, cmd),
+        Command::Ratelimit(cmd) => rate_command(socket, cmd),
+        Command::Stats { json } => {
+            let data = call(socket, &Request::Stats)?.data;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", format_stats(&data));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Calls the daemon; a refusal becomes the error.
+fn call(socket: &Path, request: &Request) -> Result<Response, String> {
+    let response = admin::call(socket, request)?;
+    if response.ok {
+        Ok(response)
+    } else {
+        Err(response
+            .error
+            .unwrap_or_else(|| "the daemon refused without saying why".into()))
+    }
+}
+
+fn print_message(response: &Response) {
+    if let Some(message) = &response.message {
+        println!("{message}");
+    }
+}
+
+fn list_command(socket: &Path, list: ListKind, cmd: ListCommand) -> Result<(), String> {
+    match cmd {
+        ListCommand::Add { nets, meta } => {
+            // Check locally first, so a typo is reported without a round trip and by position.
+            let nets = nets
+                .iter()
+                .map(|n| net::parse_net(n).map(|n| n.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            add(socket, list, nets, meta, "cli")
+        }
+        ListCommand::Rm { nets } => {
+            let nets = nets
+                .iter()
+                .map(|n| net::parse_net(n).map(|n| n.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            print_message(&call(socket, &Request::Remove { list, nets })?);
+            Ok(())
+        }
+        ListCommand::List { json } => {
+            let data = call(socket, &Request::List { list })?.data;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", format_list(&data));
+            }
+            Ok(())
+        }
+        ListCommand::Import { file, meta } => {
+            let nets = read_feed(&file)?;
+            if nets.is_empty() {
+                return Err(format!("{}: no addresses in the file", file.display()));
+            }
+            add(socket, list, nets, meta, "import")
+        }
+    }
+}
+
+fn add(
+    socket: &Path,
+    list: ListKind,
+    nets: Vec<String>,
+    meta: EntryMeta,
+    origin: &str,
+) -> Result<(), String> {
+    if let Some(reason) = &meta.reason {
+        lists::check_reason(reason)?;
+    }
+    let request = Request::Add {
+        list,
+        nets,
+        ttl_ms: meta.ttl.map(|t| t.as_millis() as u64),
+        reason: meta.reason,
+        origin: origin.into(),
+    };
+    print_message(&call(socket, &request)?);
+    Ok(())
+}
+
+/// Reads a threat feed: one address or CIDR per line, blank lines and `#`/`;` comments ignored.
+/// The first bad line is reported with its number; nothing is returned then.
+pub fn read_feed(path: &Path) -> Result<Vec<String>, String> {
+    let bytes = if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .map_err(|e| format!("stdin: {e}"))?;
+        buf
+    } else {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    parse_feed(&bytes).map_err(|(line, error, more)| {
+        let more = if more > 0 {
+            format!(" (and {more} more bad lines)")
+        } else {
+            String::new()
+        };
+        format!(
+            "{}:{line}: {error}; nothing was imported{more}",
+            path.display()
+        )
+    })
+}
+
+/// Parses feed text; on error: (line number, what is wrong, how many other lines are bad).
+pub fn parse_feed(bytes: &[u8]) -> Result<Vec<String>, (usize, String, usize)> {
+    let mut nets = Vec::new();
+    let mut first_error: Option<(usize, String)> = None;
+    let mut more = 0;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let result = std::str::from_utf8(raw)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|line| {
+                let line = line.split(['#', ';']).next().unwrap_or("").trim();
+                if line.is_empty() {
+                    return Ok(None);
+                }
+                if line.contains(char::is_whitespace) {
+                    return Err(format!("`{line}`: expected one address or CIDR per line"));
+                }
+                net::parse_net(line).map(|n| Some(n.to_string()))
+            });
+        match result {
+            Ok(Some(net)) => nets.push(net),
+            Ok(None) => {}
+            Err(e) if first_error.is_none() => first_error = Some((i + 1, e)),
+            Err(_) => more += 1,
+        }
+    }
+    match first_error {
+        Some((line, error)) => Err((line, error, more)),
+        None => Ok(nets),
+    }
+}
+
+fn rate_command(socket: &Path, cmd: RateCommand) -> Result<(), String> {
+    match cmd {
+        RateCommand::Set {
+            pps,
+            burst,
+            prefix4,
+            prefix6,
+        } => {
+            if pps > 0 && burst == Some(0) {
+                return Err("--burst must be at least 1".into());
+            }
+            print_message(&call(
+                socket,
+                &Request::RateSet {
+                    pps,
+                    burst,
+                    prefix4,
+                    prefix6,
+                },
+            )?);
+        }
+        RateCommand::Show { json } => {
+            let data = call(socket, &Request::RateShow)?.data;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                println!("{}", format_rate(&data));
+            }
+        }
+        RateCommand::Reset => print_message(&call(socket, &Request::RateReset)?),
+    }
+    Ok(())
+}
+
+fn format_rate(rate: &Value) -> String {
+    let source = rate["source"].as_str().unwrap_or("?");
+    if rate["enabled"].as_bool() == Some(true) {
+        format!(
+            "{} packets/s per source, burst {}, sources keyed by /{} (IPv4) and /{} (IPv6)  [{source}]",
+            rate["pps"], rate["burst"], rate["prefix4"], rate["prefix6"]
+        )
+    } else {
+        format!("off  [{source}]")
+    }
+}
+
+fn format_list(entries: &Value) -> String {
+    let entries = entries.as_array().map(Vec::as_slice).unwrap_or_default();
+    if entries.is_empty() {
+        return "(empty)\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<43} {:<8} {:<20} {:<12} REASON",
+        "NET", "ORIGIN", "ADDED", "EXPIRES IN"
+    );
+    for e in entries {
+        let expires = match e["expires_in_s"].as_u64() {
+            Some(s) => humantime::format_duration(Duration::from_secs(s)).to_string(),
+            None => "never".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<43} {:<8} {:<20} {:<12} {}",
+            e["net"].as_str().unwrap_or(""),
+            e["origin"].as_str().unwrap_or(""),
+            e["added"].as_str().unwrap_or(""),
+            expires,
+            e["reason"].as_str().unwrap_or("")
+        );
+    }
+    out
+}
+
+fn format_stats(data: &Value) -> String {
+    let mut out = String::new();
+    match data["xdp"]["interface"].as_str() {
+        Some(interface) => {
+            let _ = writeln!(
+                out,
+                "XDP: attached to {interface} ({} mode)",
+                data["xdp"]["mode"].as_str().unwrap_or("?")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "XDP: disabled (lists are kept but not enforced)");
+        }
+    }
+    let _ = writeln!(out, "rate limit: {}", format_rate(&data["ratelimit"]));
+    let l = &data["lists"];
+    let _ = writeln!(
+        out,
+        "blocklist: {} IPv4, {} IPv6 entries; allowlist: {} IPv4, {} IPv6 entries",
+        l["block"]["v4"], l["block"]["v6"], l["allow"]["v4"], l["allow"]["v6"]
+    );
+    if data["verdicts"].is_object() {
+        let _ = writeln!(out, "\n{:<20} {:>16} {:>18}", "VERDICT", "PACKETS", "BYTES");
+        for verdict in gateway_common::Verdict::ALL {
+            let c = &data["verdicts"][verdict.name()];
+            let (packets, bytes) = (
+                c["packets"].as_u64().unwrap_or(0),
+                c["bytes"].as_u64().unwrap_or(0),
+            );
+            let _ = writeln!(out, "{:<20} {packets:>16} {bytes:>18}", verdict.name());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_parse_with_comments_and_report_bad_lines() {
+        let feed = b"# Spamhaus-style feed\n198.51.100.0/24 ; SBL1\n\n  203.0.113.7  # host\n2001:db8::/32\r\n";
+        assert_eq!(
+            parse_feed(feed).unwrap(),
+            vec!["198.51.100.0/24", "203.0.113.7/32", "2001:db8::/32"]
+        );
+        let (line, error, more) = parse_feed(b"10.0.0.0/8\n10.0.0.1/8\nbogus\n").unwrap_err();
+        assert_eq!((line, more), (2, 1));
+        assert!(error.contains("host bits"), "{error}");
+        let (line, _, _) = parse_feed(b"10.0.0.1\n\xff\xfe\n").unwrap_err();
+        assert_eq!(line, 2);
+        let (line, error, _) = parse_feed(b"10.0.0.1 10.0.0.2\n").unwrap_err();
+        assert!(line == 1 && error.contains("one address"), "{error}");
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("-5m").is_err());
+        assert!(parse_ttl("100y").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,416 @@
+//! The configuration file (TOML).
+//!
+//! Every table refuses unknown keys, so a typo is an error instead of a silently ignored
+//! setting. Errors name the file, the line and the key.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use gateway_common::Settings;
+use serde::Deserialize;
+
+/// Where `gateway run` and the CLI look for the admin socket unless told otherwise.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
+/// Where the daemon keeps its lists unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+/// Largest capacity accepted for a single list or the rate-limit table.
+pub const MAX_CAPACITY: u32 = 100_000_000;
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub xdp: XdpConfig,
+    pub state: StateConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Load and attach the XDP program. Off, the daemon still manages (and persists) the lists.
+    pub enabled: bool,
+    /// The interface to attach to; required when enabled.
+    pub interface: Option<String>,
+    pub mode: XdpModeConfig,
+    /// Capacity of the IPv4 blocklist (hosts and networks together).
+    pub blocklist_v4_capacity: u32,
+    pub blocklist_v6_capacity: u32,
+    pub allowlist_v4_capacity: u32,
+    pub allowlist_v6_capacity: u32,
+    /// How many source keys the rate limiter tracks; the least recently seen are evicted.
+    pub ratelimit_sources: u32,
+    /// Level of the messages the XDP program itself logs (through aya-log into our log).
+    pub log_level: KernelLogLevel,
+    pub ratelimit: RateConfig,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            enabled: true,
+            interface: None,
+            mode: XdpModeConfig::Auto,
+            blocklist_v4_capacity: 1_000_000,
+            blocklist_v6_capacity: 1_000_000,
+            allowlist_v4_capacity: 65_536,
+            allowlist_v6_capacity: 65_536,
+            ratelimit_sources: 1_000_000,
+            log_level: KernelLogLevel::Off,
+            ratelimit: RateConfig::default(),
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Native (driver) mode, falling back to generic (skb) mode when the driver lacks XDP.
+    #[default]
+    Auto,
+    /// Native mode only: fail when the driver lacks XDP.
+    Native,
+    /// Generic mode: works with every driver, after the kernel has built a socket buffer.
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelLogLevel {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl KernelLogLevel {
+    /// The value of aya-log-ebpf's `AYA_LOG_LEVEL` global: 0 logs nothing.
+    pub fn aya_level(self) -> u8 {
+        match self {
+            KernelLogLevel::Off => 0,
+            KernelLogLevel::Error => 1,
+            KernelLogLevel::Warn => 2,
+            KernelLogLevel::Info => 3,
+            KernelLogLevel::Debug => 4,
+        }
+    }
+}
+
+/// The per-source packet rate limit enforced in XDP.
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateConfig {
+    /// Packets per second per source key; 0 turns the limit off.
+    pub pps: u64,
+    /// Packets a source may send at once above its rate. Defaults to one second's worth.
+    pub burst: u64,
+    /// Sources are keyed by their address masked to this many bits (IPv4).
+    pub prefix4: u32,
+    /// Sources are keyed by their address masked to this many bits (IPv6).
+    pub prefix6: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            pps: 0,
+            burst: 0,
+            prefix4: 32,
+            prefix6: 64,
+        }
+    }
+}
+
+impl RateConfig {
+    /// The kernel settings for this rate (a zero burst means one second's worth of packets).
+    pub fn settings(&self) -> Result<Settings, String> {
+        let burst = if self.burst == 0 {
+            self.pps
+        } else {
+            self.burst
+        };
+        Settings::rate(self.pps, burst, self.prefix4, self.prefix6).map_err(|e| {
+            use gateway_common::ratelimit::RateError::*;
+            match e {
+                PpsTooHigh => format!(
+                    "pps {} is above {}",
+                    self.pps,
+                    gateway_common::ratelimit::MAX_PPS
+                ),
+                BurstZero => "burst must be at least 1".to_string(),
+                BurstTooHigh => format!(
+                    "burst {burst} is above {}",
+                    gateway_common::ratelimit::MAX_BURST
+                ),
+                Prefix4TooLong => format!("prefix4 {} is not in 0..=32", self.prefix4),
+                Prefix6TooLong => format!("prefix6 {} is not in 0..=128", self.prefix6),
+            }
+        })
+    }
+}
+
+impl fmt::Display for RateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pps == 0 {
+            write!(f, "off (keys /{} and /{})", self.prefix4, self.prefix6)
+        } else {
+            let burst = if self.burst == 0 {
+                self.pps
+            } else {
+                self.burst
+            };
+            write!(
+                f,
+                "{} packets/s, burst {}, per /{} (IPv4) and /{} (IPv6) source",
+                self.pps, burst, self.prefix4, self.prefix6
+            )
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the state file (`lists.json`); created when missing.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: DEFAULT_STATE_DIR.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The Unix socket the CLI talks to; only root (and the daemon's own user) may use it.
+    pub socket: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: DEFAULT_ADMIN_SOCKET.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `gateway=debug`; RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A configuration error, already phrased for the operator: `FILE:LINE: KEY: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            let message = e.message().trim_end();
+            match line {
+                Some(line) => ConfigError(format!("{}:{line}: {message}", path.display())),
+                None => ConfigError(format!("{}: {message}", path.display())),
+            }
+        })?;
+        if let Err((key, message)) = config.validate() {
+            let line = line_of_key(text, &key)
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            return Err(ConfigError(format!(
+                "{}{line}: {}: {message}",
+                path.display(),
+                key.join(".")
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot make. On error: the key path and what is wrong with it.
+    fn validate(&self) -> Result<(), (Vec<&'static str>, String)> {
+        let xdp = &self.xdp;
+        if xdp.enabled {
+            match xdp.interface.as_deref() {
+                None => {
+                    return Err((
+                        vec!["xdp", "interface"],
+                        "required when xdp.enabled is true (the interface to attach to)".into(),
+                    ))
+                }
+                Some(name)
+                    if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) =>
+                {
+                    return Err((
+                        vec!["xdp", "interface"],
+                        format!("`{name}` is not a valid interface name"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, value) in [
+            ("blocklist_v4_capacity", xdp.blocklist_v4_capacity),
+            ("blocklist_v6_capacity", xdp.blocklist_v6_capacity),
+            ("allowlist_v4_capacity", xdp.allowlist_v4_capacity),
+            ("allowlist_v6_capacity", xdp.allowlist_v6_capacity),
+            ("ratelimit_sources", xdp.ratelimit_sources),
+        ] {
+            if value == 0 || value > MAX_CAPACITY {
+                return Err((
+                    vec!["xdp", key],
+                    format!("{value} is not in 1..={MAX_CAPACITY}"),
+                ));
+            }
+        }
+        if let Err(message) = xdp.ratelimit.settings() {
+            let key = match message.split_whitespace().next() {
+                Some("pps") => "pps",
+                Some("prefix4") => "prefix4",
+                Some("prefix6") => "prefix6",
+                _ => "burst",
+            };
+            return Err((vec!["xdp", "ratelimit", key], message));
+        }
+        if self.state.dir.as_os_str().is_empty() {
+            return Err((vec!["state", "dir"], "must not be empty".into()));
+        }
+        if self.admin.socket.as_os_str().is_empty() {
+            return Err((vec!["admin", "socket"], "must not be empty".into()));
+        }
+        if self.admin.socket.as_os_str().len() > 107 {
+            return Err((
+                vec!["admin", "socket"],
+                "longer than a Unix socket path may be (107 bytes)".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err((
+                vec!["log", "level"],
+                format!("`{}` is not a valid filter: {e}", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line where `key` (a path of table names and a key) is set, if it is.
+fn line_of_key(text: &str, key: &[&str]) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in key {
+        let table = item.as_table_like()?;
+        let (k, value) = table.get_key_value(part)?;
+        span = k.span().or_else(|| value.span());
+        item = value;
+    }
+    span.map(|s| line_of_offset(text, s.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("gw.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = parse("[xdp]\ninterface = \"eth0\"\n").unwrap();
+        assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
+        assert_eq!(c.xdp.blocklist_v4_capacity, 1_000_000);
+        assert_eq!(c.xdp.blocklist_v6_capacity, 1_000_000);
+        assert_eq!(c.xdp.mode, XdpModeConfig::Auto);
+        assert_eq!(c.state.dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.admin.socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert!(!c.xdp.ratelimit.settings().unwrap().rate_limited());
+        let c = parse("[xdp]\nenabled = false\n").unwrap();
+        assert!(!c.xdp.enabled);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = parse("[xdp]\ninterface = \"eth0\"\nmode = \"turbo\"\n").unwrap_err();
+        assert!(err.starts_with("gw.toml:3:"), "{err}");
+        let err = parse("[xdp]\ninterface = \"eth0\"\nintrface = \"x\"\n").unwrap_err();
+        assert!(
+            err.starts_with("gw.toml:3:") && err.contains("intrface"),
+            "{err}"
+        );
+        let err = parse("[xdp]\ninterface = \"eth0\"\n[xdp.ratelimit]\npps = 10\nprefix4 = 33\n")
+            .unwrap_err();
+        assert!(
+            err.starts_with("gw.toml:5: xdp.ratelimit.prefix4:"),
+            "{err}"
+        );
+        let err = parse("[xdp]\ninterface = \"eth0\"\nblocklist_v4_capacity = 0\n").unwrap_err();
+        assert!(
+            err.starts_with("gw.toml:3: xdp.blocklist_v4_capacity:"),
+            "{err}"
+        );
+        let err = parse("[xdp]\nenabled = true\n").unwrap_err();
+        assert!(err.contains("xdp.interface: required"), "{err}");
+        let err = parse("[xdp]\ninterface = 5\n").unwrap_err();
+        assert!(err.starts_with("gw.toml:2:"), "{err}");
+        assert!(parse("[xdp\n").is_err());
+        let err = parse("[xdp]\ninterface = \"eth0\"\n[xdp.ratelimit]\npps = -1\n").unwrap_err();
+        assert!(err.starts_with("gw.toml:4:"), "{err}");
+    }
+
+    #[test]
+    fn rate_defaults_burst_to_one_second() {
+        let r = RateConfig {
+            pps: 1000,
+            burst: 0,
+            prefix4: 24,
+            prefix6: 48,
+        };
+        let s = r.settings().unwrap();
+        assert_eq!(s.interval_ns, 1_000_000);
+        assert_eq!(s.burst_ns, 1_000_000_000);
+        assert_eq!((s.prefix4, s.prefix6), (24, 48));
+    }
+}

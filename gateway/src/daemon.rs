@@ -1,0 +1,538 @@
+//! `gateway run`: loads the lists, loads and attaches the XDP program, serves the admin socket,
+//! expires TTL entries, and detaches cleanly on SIGINT or SIGTERM.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use gateway_common::Verdict;
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    admin::{Request, Response, MAX_REQUEST},
+    config::{Config, LogFormat, RateConfig},
+    lists::{self, Capacities, Enforcer, Entry, ListKind, Lists, NoEnforcer},
+    net,
+    xdp::Kernel,
+};
+
+/// How often TTLs are checked: entries expire at most this late.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+/// Everything the admin commands act on, behind one lock so changes apply in order.
+struct Core {
+    config: Config,
+    lists: Lists,
+    kernel: Option<Kernel>,
+    /// The enforcer when XDP is off.
+    no_kernel: NoEnforcer,
+}
+
+impl Core {
+    fn parts(&mut self) -> (&mut Lists, &mut dyn Enforcer) {
+        match self.kernel.as_mut() {
+            Some(kernel) => (&mut self.lists, kernel),
+            None => (&mut self.lists, &mut self.no_kernel),
+        }
+    }
+
+    /// The rate limit in force: the operator's override, else the config's.
+    fn rate(&self) -> (RateConfig, &'static str) {
+        match self.lists.ratelimit() {
+            Some(rate) => (rate, "override"),
+            None => (self.config.xdp.ratelimit, "config"),
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        match self.try_handle(request) {
+            Ok(response) => response,
+            Err(error) => Response::error(error),
+        }
+    }
+
+    fn try_handle(&mut self, request: Request) -> Result<Response, String> {
+        match request {
+            Request::Add {
+                list,
+                nets,
+                ttl_ms,
+                reason,
+                origin,
+            } => {
+                let nets = parse_all(&nets)?;
+                if nets.is_empty() {
+                    return Err("no addresses given".into());
+                }
+                if let Some(reason) = &reason {
+                    lists::check_reason(reason)?;
+                }
+                if origin.is_empty()
+                    || origin.len() > 32
+                    || !origin
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                {
+                    return Err(format!("invalid origin `{origin}`"));
+                }
+                let now = lists::now_ms();
+                let expires = match ttl_ms {
+                    None => None,
+                    Some(0) => return Err("the TTL must be longer than zero".into()),
+                    Some(ttl) => Some(now.checked_add(ttl).ok_or("the TTL is too long")?),
+                };
+                let entries = nets
+                    .iter()
+                    .map(|net| Entry {
+                        net: *net,
+                        added: now,
+                        expires,
+                        reason: reason.clone(),
+                        origin: origin.clone(),
+                    })
+                    .collect();
+                let (lists, enforcer) = self.parts();
+                let outcome = lists.add(enforcer, list, entries)?;
+                let other = match list {
+                    ListKind::Block => ListKind::Allow,
+                    ListKind::Allow => ListKind::Block,
+                };
+                let overlap = nets
+                    .iter()
+                    .filter(|n| self.lists.get(other, n).is_some())
+                    .count();
+                let mut message = if nets.len() == 1 {
+                    let what = if outcome.added == 1 {
+                        "added to"
+                    } else {
+                        "updated in"
+                    };
+                    format!("{} {what} the {}", net::display(&nets[0]), list.name())
+                } else {
+                    format!(
+                        "{} added to and {} updated in the {}",
+                        outcome.added,
+                        outcome.updated,
+                        list.name()
+                    )
+                };
+                if let Some(ttl) = ttl_ms {
+                    message.push_str(&format!(
+                        ", expires in {}",
+                        humantime::format_duration(Duration::from_millis(ttl))
+                    ));
+                }
+                if overlap > 0 {
+                    message.push_str(&format!(
+                        " (note: {overlap} also on the {}; the allowlist wins)",
+                        other.name()
+                    ));
+                }
+                Ok(Response {
+                    data: json!({"added": outcome.added, "updated": outcome.updated}),
+                    ..Response::ok(message)
+                })
+            }
+            Request::Remove { list, nets } => {
+                let nets = parse_all(&nets)?;
+                if nets.is_empty() {
+                    return Err("no addresses given".into());
+                }
+                let (lists, enforcer) = self.parts();
+                let removed = lists.remove(enforcer, list, &nets)?;
+                let message = if nets.len() == 1 {
+                    format!(
+                        "{} removed from the {}",
+                        net::display(&nets[0]),
+                        list.name()
+                    )
+                } else {
+                    format!("{removed} removed from the {}", list.name())
+                };
+                Ok(Response::ok(message))
+            }
+            Request::List { list } => {
+                let now = lists::now_ms();
+                let entries: Vec<serde_json::Value> = self
+                    .lists
+                    .entries(list)
+                    .into_iter()
+                    .map(|e| entry_json(e, now))
+                    .collect();
+                Ok(Response::data(serde_json::Value::Array(entries)))
+            }
+            Request::RateSet {
+                pps,
+                burst,
+                prefix4,
+                prefix6,
+            } => {
+                let (current, _) = self.rate();
+                let rate = RateConfig {
+                    pps,
+                    burst: burst.unwrap_or(0),
+                    prefix4: prefix4.unwrap_or(current.prefix4),
+                    prefix6: prefix6.unwrap_or(current.prefix6),
+                };
+                self.apply_rate(Some(rate))?;
+                Ok(Response::ok(format!("rate limit: {rate}")))
+            }
+            Request::RateReset => {
+                self.apply_rate(None)?;
+                Ok(Response::ok(format!(
+                    "rate limit back to the config's: {}",
+                    self.config.xdp.ratelimit
+                )))
+            }
+            Request::RateShow => Ok(Response::data(self.rate_json())),
+            Request::Stats => self.stats(),
+        }
+    }
+
+    fn apply_rate(&mut self, rate: Option<RateConfig>) -> Result<(), String> {
+        let effective = rate.unwrap_or(self.config.xdp.ratelimit);
+        let settings = effective.settings()?;
+        let old = self.kernel.as_ref().map(|k| k.settings());
+        if let Some(kernel) = self.kernel.as_mut() {
+            kernel.set_rate(settings)?;
+        }
+        if let Err(e) = self.lists.set_ratelimit(rate) {
+            if let (Some(kernel), Some(old)) = (self.kernel.as_mut(), old) {
+                let _ = kernel.set_rate(old);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn rate_json(&self) -> serde_json::Value {
+        let (rate, source) = self.rate();
+        let burst = if rate.burst == 0 {
+            rate.pps
+        } else {
+            rate.burst
+        };
+        json!({
+            "pps": rate.pps,
+            "burst": burst,
+            "prefix4": rate.prefix4,
+            "prefix6": rate.prefix6,
+            "enabled": rate.pps > 0,
+            "source": source,
+        })
+    }
+
+    fn stats(&mut self) -> Result<Response, String> {
+        let count = |kind: ListKind, v4: bool| {
+            self.lists
+                .entries(kind)
+                .iter()
+                .filter(|e| matches!(e.net, ipnet::IpNet::V4(_)) == v4)
+                .count()
+        };
+        let lists = json!({
+            "block": {"v4": count(ListKind::Block, true), "v6": count(ListKind::Block, false)},
+            "allow": {"v4": count(ListKind::Allow, true), "v6": count(ListKind::Allow, false)},
+        });
+        let rate = self.rate_json();
+        let (xdp, verdicts) = match self.kernel.as_ref() {
+            None => (serde_json::Value::Null, serde_json::Value::Null),
+            Some(kernel) => {
+                let counters = kernel.counters()?;
+                let mut verdicts = serde_json::Map::new();
+                for v in Verdict::ALL {
+                    let c = counters[v as usize];
+                    verdicts.insert(
+                        v.name().into(),
+                        json!({"packets": c.packets, "bytes": c.bytes}),
+                    );
+                }
+                let xdp = match kernel.attached() {
+                    Some((interface, mode)) => json!({"interface": interface, "mode": mode.name()}),
+                    None => json!({"interface": null, "mode": null}),
+                };
+                (xdp, serde_json::Value::Object(verdicts))
+            }
+        };
+        Ok(Response::data(
+            json!({"xdp": xdp, "verdicts": verdicts, "lists": lists, "ratelimit": rate}),
+        ))
+    }
+}
+
+fn parse_all(nets: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    nets.iter().map(|n| net::parse_net(n)).collect()
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn entry_json(e: &Entry, now: u64) -> serde_json::Value {
+    json!({
+        "net": net::display(&e.net),
+        "added": rfc3339(e.added),
+        "expires": e.expires.map(rfc3339),
+        "expires_in_s": e.expires.map(|t| t.saturating_sub(now).div_ceil(1000)),
+        "reason": e.reason,
+        "origin": e.origin,
+    })
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(config_path: &Path) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    init_tracing(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let state_dir = &config.state.dir;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| {
+            format!(
+                "{}: cannot create the state directory: {e}",
+                state_dir.display()
+            )
+        })?;
+    let capacities = Capacities {
+        block4: config.xdp.blocklist_v4_capacity,
+        block6: config.xdp.blocklist_v6_capacity,
+        allow4: config.xdp.allowlist_v4_capacity,
+        allow6: config.xdp.allowlist_v6_capacity,
+    };
+    let (lists, expired) = Lists::load(state_dir, capacities)?;
+    for (kind, key) in [
+        (ListKind::Block, ListKind::Block),
+        (ListKind::Allow, ListKind::Allow),
+    ] {
+        for v4 in [true, false] {
+            let n = lists
+                .entries(kind)
+                .iter()
+                .filter(|e| matches!(e.net, ipnet::IpNet::V4(_)) == v4)
+                .count();
+            let cap = match (key, v4) {
+                (ListKind::Block, true) => capacities.block4,
+                (ListKind::Block, false) => capacities.block6,
+                (ListKind::Allow, true) => capacities.allow4,
+                (ListKind::Allow, false) => capacities.allow6,
+            };
+            if n > cap as usize {
+                return Err(format!(
+                    "{}: the {} holds {n} IPv{} entries but its configured capacity is {cap}; raise the capacity in the config",
+                    lists.path().display(),
+                    kind.name(),
+                    if v4 { 4 } else { 6 }
+                ));
+            }
+        }
+    }
+    tracing::info!(
+        state = %lists.path().display(),
+        blocklist = lists.len(ListKind::Block),
+        allowlist = lists.len(ListKind::Allow),
+        expired_while_down = expired,
+        "lists loaded"
+    );
+    let listener = bind_admin(&config.admin.socket)?;
+    let socket_path = config.admin.socket.clone();
+    let _socket_guard = RemoveOnDrop(socket_path.clone());
+
+    let mut core = Core {
+        config: config.clone(),
+        lists,
+        kernel: None,
+        no_kernel: NoEnforcer,
+    };
+    if config.xdp.enabled {
+        let interface = config.xdp.interface.clone().unwrap_or_default();
+        let mut kernel = Kernel::load(&config.xdp)?;
+        if let Some(rate) = core.lists.ratelimit() {
+            kernel.set_rate(rate.settings()?)?;
+        }
+        // Fill the maps before attaching, so no blocked packet slips through at start.
+        for kind in [ListKind::Allow, ListKind::Block] {
+            let nets = core.lists.nets(kind);
+            kernel.insert(kind, &nets)?;
+        }
+        let mode = kernel.attach(&interface, config.xdp.mode)?;
+        let (rate, source) = core.rate();
+        tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, "XDP program attached");
+        core.kernel = Some(kernel);
+    } else {
+        tracing::warn!("XDP is disabled in the config: lists are kept but not enforced");
+    }
+    // Drop anything that expired between loading and now.
+    {
+        let (lists, enforcer) = core.parts();
+        lists.expire(enforcer, lists::now_ms());
+    }
+    let core = Arc::new(Mutex::new(core));
+    tracing::info!(socket = %socket_path.display(), "ready");
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone())); }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = tick.tick() => {
+                let core = core.clone();
+                let _ = tokio::task::spawn_blocking(move || expire_due(&core)).await;
+            }
+        }
+    }
+    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(mut kernel) = core.kernel.take() {
+        kernel.flush_logs();
+        kernel.detach();
+        tracing::info!("XDP program detached");
+    }
+    Ok(())
+}
+
+fn expire_due(core: &Mutex<Core>) {
+    let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(kernel) = core.kernel.as_mut() {
+        kernel.flush_logs();
+    }
+    let now = lists::now_ms();
+    if core.lists.next_expiry().is_none_or(|t| t > now) {
+        return;
+    }
+    let (lists, enforcer) = core.parts();
+    for (kind, entry) in lists.expire(enforcer, now) {
+        tracing::info!(list = kind.name(), net = %net::display(&entry.net), reason = entry.reason.as_deref().unwrap_or(""), "entry expired");
+    }
+}
+
+/// Binds the admin socket, refusing to take over from a daemon that still answers on it.
+fn bind_admin(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    format!(
+                        "{}: cannot create the admin socket directory: {e}",
+                        dir.display()
+                    )
+                })?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another gateway daemon is running (its admin socket {} answers); stop it first",
+                path.display()
+            ));
+        }
+        fs::remove_file(path)
+            .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))?;
+    }
+    // Created with the umask tightened, so there is no moment at which others may connect.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener =
+        bound.map_err(|e| format!("{}: cannot bind the admin socket: {e}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: cannot set socket permissions: {e}", path.display()))?;
+    Ok(listener)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
+    let me = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), "admin connection refused: not root");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin connection refused: no peer credentials");
+            return;
+        }
+    }
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let mut line = Vec::new();
+    let response =
+        match tokio::time::timeout(Duration::from_secs(60), reader.read_until(b'\n', &mut line))
+            .await
+        {
+            Err(_) => Response::error("timed out waiting for the request"),
+            Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
+            Ok(Ok(_)) if !line.ends_with(b"\n") => {
+                Response::error("request too large or cut short")
+            }
+            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+                Err(e) => Response::error(format!("bad request: {e}")),
+                Ok(request) => {
+                    let core = core.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+                        core.handle(request)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
+                }
+            },
+        };
+    let mut bytes = serde_json::to_vec(&response)
+        .unwrap_or_else(|_| b"{\"ok\":false,\"error\":\"encoding\"}".to_vec());
+    bytes.push(b'\n');
+    let _ = write.write_all(&bytes).await;
+    let _ = write.shutdown().await;
+}

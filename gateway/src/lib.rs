@@ -1,0 +1,17 @@
+//! The gateway daemon and its command-line client.
+//!
+//! - [`config`]: the TOML configuration, validated with errors that name file, line and key.
+//! - [`net`]: strict parsing of addresses and networks as operators type them.
+//! - [`lists`]: the blocklist and allowlist, their TTLs and the state file they persist to.
+//! - [`xdp`]: loading and attaching the XDP program and keeping its maps in step with the lists.
+//! - [`admin`]: the local admin socket the CLI talks to, and its protocol.
+//! - [`daemon`]: `gateway run`, tying the above together.
+//! - [`cli`]: the `gateway` command line.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod lists;
+pub mod net;
+pub mod xdp;

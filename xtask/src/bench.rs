@@ -1,0 +1,67 @@
+//! `cargo xtask bench ...`: benchmarks, one subcommand per layer.
+
+use std::fs;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+
+use crate::{
+    setup,
+    util::{self, exec},
+};
+
+#[derive(Args, Debug)]
+pub struct Options {
+    #[command(subcommand)]
+    pub bench: Bench,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// The XDP program: nanoseconds per packet per verdict, through BPF_PROG_TEST_RUN.
+    /// Writes target/bench/xdp.json.
+    Xdp(XdpOptions),
+}
+
+#[derive(Args, Debug)]
+pub struct XdpOptions {
+    /// Further arguments for the xdp-bench binary.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    util::require_root(
+        "cargo xtask bench",
+        "benchmarks load XDP programs into the kernel",
+    )?;
+    setup::run()?;
+    match opts.bench {
+        Bench::Xdp(xdp) => bench_xdp(xdp),
+    }
+}
+
+fn bench_xdp(opts: XdpOptions) -> Result<()> {
+    util::build_gateway(true)?;
+    let out_dir = util::target_dir().join("bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let out = out_dir.join("xdp.json");
+    exec(
+        util::cargo()
+            .env("GATEWAY_BIN", util::gateway_release_bin())
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "integration-tests",
+                "--bin",
+                "xdp-bench",
+                "--",
+            ])
+            .arg("--out")
+            .arg(&out)
+            .args(&opts.args),
+    )?;
+    println!("results: {}", out.display());
+    Ok(())
+}
