@@ -34,6 +34,10 @@ pub enum Request {
         list: ListKind,
         nets: Vec<String>,
     },
+    /// Removes every entry of a list.
+    Clear {
+        list: ListKind,
+    },
     /// The entries of a list.
     List {
         list: ListKind,

@@ -73,6 +73,8 @@ enum ListCommand {
         #[arg(value_name = "IP|CIDR", required = true)]
         nets: Vec<String>,
     },
+    /// Remove every entry.
+    Clear,
     /// List the entries.
     #[command(visible_alias = "ls")]
     List {
@@ -212,6 +214,10 @@ fn list_command(socket: &Path, list: ListKind, cmd: ListCommand) -> Result<(), S
                 .map(|n| net::parse_net(n).map(|n| n.to_string()))
                 .collect::<Result<Vec<_>, _>>()?;
             print_message(&call(socket, &Request::Remove { list, nets })?);
+            Ok(())
+        }
+        ListCommand::Clear => {
+            print_message(&call(socket, &Request::Clear { list })?);
             Ok(())
         }
         ListCommand::List { json } => {

@@ -160,6 +160,21 @@ impl Core {
                 };
                 Ok(Response::ok(message))
             }
+            Request::Clear { list } => {
+                let nets = self.lists.nets(list);
+                if nets.is_empty() {
+                    return Ok(Response::ok(format!(
+                        "the {} is already empty",
+                        list.name()
+                    )));
+                }
+                let (lists, enforcer) = self.parts();
+                let removed = lists.remove(enforcer, list, &nets)?;
+                Ok(Response::ok(format!(
+                    "{removed} removed from the {}",
+                    list.name()
+                )))
+            }
             Request::List { list } => {
                 let now = lists::now_ms();
                 let entries: Vec<serde_json::Value> = self
@@ -366,9 +381,7 @@ async fn serve(config: Config) -> Result<(), String> {
         expired_while_down = expired,
         "lists loaded"
     );
-    let listener = bind_admin(&config.admin.socket)?;
-    let socket_path = config.admin.socket.clone();
-    let _socket_guard = RemoveOnDrop(socket_path.clone());
+    check_no_other_daemon(&config.admin.socket)?;
 
     let mut core = Core {
         config: config.clone(),
@@ -399,6 +412,10 @@ async fn serve(config: Config) -> Result<(), String> {
         let (lists, enforcer) = core.parts();
         lists.expire(enforcer, lists::now_ms());
     }
+    // The socket appears only now, so a client that can connect talks to an enforcing daemon.
+    let listener = bind_admin(&config.admin.socket)?;
+    let socket_path = config.admin.socket.clone();
+    let _socket_guard = RemoveOnDrop(socket_path.clone());
     let core = Arc::new(Mutex::new(core));
     tracing::info!(socket = %socket_path.display(), "ready");
 
@@ -447,6 +464,17 @@ fn expire_due(core: &Mutex<Core>) {
     }
 }
 
+/// Fails when a daemon answers on `path`.
+fn check_no_other_daemon(path: &Path) -> Result<(), String> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "another gateway daemon is running (its admin socket {} answers); stop it first",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Binds the admin socket, refusing to take over from a daemon that still answers on it.
 fn bind_admin(path: &Path) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -463,13 +491,8 @@ fn bind_admin(path: &Path) -> Result<UnixListener, String> {
                 })?;
         }
     }
+    check_no_other_daemon(path)?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another gateway daemon is running (its admin socket {} answers); stop it first",
-                path.display()
-            ));
-        }
         fs::remove_file(path)
             .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))?;
     }
