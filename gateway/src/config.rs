@@ -401,6 +401,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
+        assert_eq!(c.xdp.ratelimit.pps, 20000);
+        // Every key the example sets is a default except the interface and the rate.
+        let defaults = Config {
+            xdp: XdpConfig {
+                interface: c.xdp.interface.clone(),
+                ratelimit: c.xdp.ratelimit,
+                ..XdpConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(c, defaults);
+    }
+
+    #[test]
     fn rate_defaults_burst_to_one_second() {
         let r = RateConfig {
             pps: 1000,

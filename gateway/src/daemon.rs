@@ -247,13 +247,7 @@ impl Core {
     }
 
     fn stats(&mut self) -> Result<Response, String> {
-        let count = |kind: ListKind, v4: bool| {
-            self.lists
-                .entries(kind)
-                .iter()
-                .filter(|e| matches!(e.net, ipnet::IpNet::V4(_)) == v4)
-                .count()
-        };
+        let count = |kind: ListKind, v4: bool| self.lists.count(kind, v4);
         let lists = json!({
             "block": {"v4": count(ListKind::Block, true), "v6": count(ListKind::Block, false)},
             "allow": {"v4": count(ListKind::Allow, true), "v6": count(ListKind::Allow, false)},
@@ -348,25 +342,13 @@ async fn serve(config: Config) -> Result<(), String> {
         allow6: config.xdp.allowlist_v6_capacity,
     };
     let (lists, expired) = Lists::load(state_dir, capacities)?;
-    for (kind, key) in [
-        (ListKind::Block, ListKind::Block),
-        (ListKind::Allow, ListKind::Allow),
-    ] {
+    for kind in [ListKind::Block, ListKind::Allow] {
         for v4 in [true, false] {
-            let n = lists
-                .entries(kind)
-                .iter()
-                .filter(|e| matches!(e.net, ipnet::IpNet::V4(_)) == v4)
-                .count();
-            let cap = match (key, v4) {
-                (ListKind::Block, true) => capacities.block4,
-                (ListKind::Block, false) => capacities.block6,
-                (ListKind::Allow, true) => capacities.allow4,
-                (ListKind::Allow, false) => capacities.allow6,
-            };
+            let n = lists.count(kind, v4);
+            let (cap, key) = capacities.of(kind, v4);
             if n > cap as usize {
                 return Err(format!(
-                    "{}: the {} holds {n} IPv{} entries but its configured capacity is {cap}; raise the capacity in the config",
+                    "{}: the {} holds {n} IPv{} entries but {key} is {cap}; raise it in the config",
                     lists.path().display(),
                     kind.name(),
                     if v4 { 4 } else { 6 }
@@ -531,28 +513,34 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let mut line = Vec::new();
-    let response =
-        match tokio::time::timeout(Duration::from_secs(60), reader.read_until(b'\n', &mut line))
-            .await
-        {
-            Err(_) => Response::error("timed out waiting for the request"),
-            Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
-            Ok(Ok(_)) if !line.ends_with(b"\n") => {
-                Response::error("request too large or cut short")
-            }
-            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Err(e) => Response::error(format!("bad request: {e}")),
-                Ok(request) => {
-                    let core = core.clone();
-                    tokio::task::spawn_blocking(move || {
+    let response = match tokio::time::timeout(
+        Duration::from_secs(60),
+        reader.read_until(b'\n', &mut line),
+    )
+    .await
+    {
+        Err(_) => Response::error("timed out waiting for the request"),
+        Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if !line.ends_with(b"\n") => Response::error("request too large or cut short"),
+        Ok(Ok(_)) => match {
+            tracing::debug!(bytes = line.len(), "admin request read");
+            serde_json::from_slice::<Request>(&line)
+        } {
+            Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(request) => {
+                let core = core.clone();
+                tokio::task::spawn_blocking(move || {
                         let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
-                        core.handle(request)
+                        let started = std::time::Instant::now();
+                        let response = core.handle(request);
+                        tracing::debug!(elapsed = ?started.elapsed(), ok = response.ok, "admin request handled");
+                        response
                     })
                     .await
                     .unwrap_or_else(|e| Response::error(format!("internal error: {e}")))
-                }
-            },
-        };
+            }
+        },
+    };
     let mut bytes = serde_json::to_vec(&response)
         .unwrap_or_else(|_| b"{\"ok\":false,\"error\":\"encoding\"}".to_vec());
     bytes.push(b'\n');

@@ -14,6 +14,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     fs,
     io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -71,7 +72,8 @@ pub struct Capacities {
 }
 
 impl Capacities {
-    fn of(&self, kind: ListKind, v4: bool) -> (u32, &'static str) {
+    /// The capacity for one list and family, with the config key that sets it.
+    pub fn of(&self, kind: ListKind, v4: bool) -> (u32, &'static str) {
         match (kind, v4) {
             (ListKind::Block, true) => (self.block4, "xdp.blocklist_v4_capacity"),
             (ListKind::Block, false) => (self.block6, "xdp.blocklist_v6_capacity"),
@@ -124,6 +126,8 @@ pub struct Lists {
     /// The rate limit set with `gateway ratelimit set`, overriding the config until reset.
     ratelimit: Option<RateConfig>,
     capacities: Capacities,
+    /// IPv4 and IPv6 entries per list: [block v4, block v6, allow v4, allow v6].
+    counts: [usize; 4],
     path: PathBuf,
 }
 
@@ -164,6 +168,7 @@ impl Lists {
             expiry: BTreeSet::new(),
             ratelimit: None,
             capacities,
+            counts: [0; 4],
             path: path.clone(),
         };
         let bytes = match fs::read(&path) {
@@ -221,6 +226,19 @@ impl Lists {
         self.ratelimit
     }
 
+    /// Entries of `kind` of one address family.
+    pub fn count(&self, kind: ListKind, v4: bool) -> usize {
+        self.counts[Self::count_slot(kind, v4)]
+    }
+
+    fn count_slot(kind: ListKind, v4: bool) -> usize {
+        let list = match kind {
+            ListKind::Block => 0,
+            ListKind::Allow => 2,
+        };
+        list + usize::from(!v4)
+    }
+
     pub fn len(&self, kind: ListKind) -> usize {
         self.map(kind).len()
     }
@@ -263,6 +281,9 @@ impl Lists {
     fn put(&mut self, kind: ListKind, entry: Entry) -> Option<Entry> {
         let (net, expires) = (entry.net, entry.expires);
         let old = self.map_mut(kind).insert(net, entry);
+        if old.is_none() {
+            self.counts[Self::count_slot(kind, matches!(net, IpNet::V4(_)))] += 1;
+        }
         if let Some(at) = old.as_ref().and_then(|o| o.expires) {
             self.expiry.remove(&(at, kind, net));
         }
@@ -274,6 +295,7 @@ impl Lists {
 
     fn take(&mut self, kind: ListKind, net: &IpNet) -> Option<Entry> {
         let old = self.map_mut(kind).remove(net)?;
+        self.counts[Self::count_slot(kind, matches!(net, IpNet::V4(_)))] -= 1;
         if let Some(at) = old.expires {
             self.expiry.remove(&(at, kind, *net));
         }
@@ -288,33 +310,30 @@ impl Lists {
         kind: ListKind,
         entries: Vec<Entry>,
     ) -> Result<AddOutcome, String> {
-        // Later duplicates of the same net win, as when applied one after another.
-        let mut batch: HashMap<IpNet, Entry> = HashMap::with_capacity(entries.len());
-        for entry in entries {
-            if entry.net.trunc() != entry.net {
-                return Err(format!(
-                    "`{}` has host bits set; did you mean {}?",
-                    entry.net,
-                    entry.net.trunc()
-                ));
-            }
-            batch.insert(entry.net, entry);
+        // Later duplicates of the same net win, as when applied one after another: reverse,
+        // stable sort, keep the first of each run.
+        let mut batch = entries;
+        if let Some(bad) = batch.iter().find(|e| e.net.trunc() != e.net) {
+            return Err(format!(
+                "`{}` has host bits set; did you mean {}?",
+                bad.net,
+                bad.net.trunc()
+            ));
         }
+        batch.reverse();
+        batch.sort_by_key(|e| e.net);
+        batch.dedup_by_key(|e| e.net);
         let new: Vec<IpNet> = batch
-            .keys()
+            .iter()
+            .map(|e| e.net)
             .filter(|n| !self.map(kind).contains_key(n))
-            .copied()
             .collect();
         for v4 in [true, false] {
             let adding = new
                 .iter()
                 .filter(|n| matches!(n, IpNet::V4(_)) == v4)
                 .count();
-            let present = self
-                .map(kind)
-                .keys()
-                .filter(|n| matches!(n, IpNet::V4(_)) == v4)
-                .count();
+            let present = self.count(kind, v4);
             let (capacity, key) = self.capacities.of(kind, v4);
             if present + adding > capacity as usize {
                 return Err(format!(
@@ -324,16 +343,22 @@ impl Lists {
                 ));
             }
         }
+        let started = std::time::Instant::now();
         enforcer.insert(kind, &new)?;
+        let kernel_time = started.elapsed();
         let outcome = AddOutcome {
             added: new.len(),
             updated: batch.len() - new.len(),
         };
+        self.map_mut(kind).reserve(new.len());
         let mut undo: Vec<(IpNet, Option<Entry>)> = Vec::with_capacity(batch.len());
-        for (net, entry) in batch {
-            undo.push((net, self.put(kind, entry)));
+        for entry in batch {
+            undo.push((entry.net, self.put(kind, entry)));
         }
-        if let Err(e) = self.save() {
+        let started = std::time::Instant::now();
+        let saved = self.save();
+        tracing::debug!(entries = undo.len(), kernel = ?kernel_time, save = ?started.elapsed(), "list add");
+        if let Err(e) = saved {
             for (net, old) in undo {
                 self.take(kind, &net);
                 if let Some(old) = old {
@@ -483,6 +508,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
