@@ -28,6 +28,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path as FsPath, PathBuf},
     process::{self, Command},
+    sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 
@@ -247,6 +248,15 @@ enum RefPath {
     Blocked,
 }
 
+impl RefPath {
+    fn name(self) -> &'static str {
+        match self {
+            RefPath::Pass => "pass",
+            RefPath::Blocked => "blocked source",
+        }
+    }
+}
+
 impl Path {
     fn name(self) -> &'static str {
         match self {
@@ -325,14 +335,40 @@ fn action_name(action: u32) -> &'static str {
 
 /// One BPF_PROG_TEST_RUN call: the return value of the last run and the mean ns per run.
 fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
+    check_interrupted()?;
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::new()
+    });
+    // A signal ends a test run early with EINTR: say why, not how.
+    check_interrupted()?;
+    let result = result.context("BPF_PROG_TEST_RUN")?;
     Ok((result.return_value, result.duration.as_nanos() as f64))
+}
+
+/// Set by SIGINT or SIGTERM. Catching them (instead of dying) lets the namespace and xdp-filter
+/// guards run; a test run in progress returns EINTR at once.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler) };
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    ensure!(
+        !INTERRUPTED.load(Ordering::Relaxed),
+        "interrupted; cleaning up"
+    );
+    Ok(())
 }
 
 fn text_error(e: String) -> anyhow::Error {
@@ -529,8 +565,8 @@ impl Netns {
         Ok(netns)
     }
 
-    /// `args` run in the namespace's network, but in our mount namespace: `ip netns exec` would
-    /// mount a fresh /sys without bpffs, where xdp-filter cannot pin its maps.
+    /// `program`, to run in the namespace's network but in our mount namespace: `ip netns exec`
+    /// would mount a fresh /sys without bpffs, where xdp-filter cannot pin its maps.
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.name))
@@ -562,7 +598,11 @@ impl Drop for Loaded {
             .netns
             .command("xdp-filter")
             .args(["unload", &self.netns.iface]));
-        if let Err(e) = unload {
+        // When the load itself failed there is nothing to unload, and no pins either.
+        let pinned = FsPath::new(XDP_FILTER_PINS)
+            .join(&self.netns.iface)
+            .exists();
+        if let (Err(e), true) = (unload, pinned) {
             eprintln!(
                 "warning: could not unload xdp-filter from {}: {e:#}",
                 self.netns.iface
@@ -683,10 +723,11 @@ impl XdpFilter {
             RefPath::Blocked => (Path::BlockedHost.source(family), XDP_DROP),
         };
         let (ret, ns) = test_run(&self.program, &family.frame(source), repeat)
-            .with_context(|| format!("xdp-filter, {path:?}, {}", family.name()))?;
+            .with_context(|| format!("xdp-filter, {}, {}", path.name(), family.name()))?;
         ensure!(
             ret == expected,
-            "xdp-filter, {path:?}, {}: returned {}, expected {}",
+            "xdp-filter, {}, {}: returned {}, expected {}",
+            path.name(),
             family.name(),
             action_name(ret),
             action_name(expected)
@@ -805,6 +846,7 @@ fn print_table(rows: &[Row]) {
 
 fn main() -> Result<()> {
     let opts = Options::parse();
+    catch_signals();
     let repeat = opts
         .repeat
         .unwrap_or(if opts.quick { QUICK_REPEAT } else { MIN_REPEAT });
@@ -939,9 +981,9 @@ fn main() -> Result<()> {
             },
             "rate_state_entries": ours.rate_state_entries,
             "rate_limit": {
-                "pass (rate limit on)": format!("{} pps, burst {}", RATE_HIGH.pps, RATE_HIGH.burst),
-                "rate-limited": format!("{} pps, burst {}", RATE_LOW.pps, RATE_LOW.burst),
-                "other paths": format!("{} pps, burst {}", RATE_HIGH.pps, RATE_HIGH.burst),
+                "pass (rate limit off)": "off",
+                "rate-limited": { "pps": RATE_LOW.pps, "burst": RATE_LOW.burst },
+                "every other path": { "pps": RATE_HIGH.pps, "burst": RATE_HIGH.burst },
             },
         },
         "reference": {
