@@ -27,6 +27,41 @@ pub const SETTINGS: &str = "SETTINGS";
 /// Per-CPU array of [`Counter`]s, indexed by [`Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
 
+/// IPv4 prefix coverage of the blocklist, one bit per /24: see [`cover`].
+pub const BLOCK4_COVER: &str = "BLOCK4_COVER";
+/// IPv4 prefix coverage of the allowlist, one bit per /24: see [`cover`].
+pub const ALLOW4_COVER: &str = "ALLOW4_COVER";
+
+/// The IPv4 coverage bitmaps that spare most packets an LPM trie walk.
+///
+/// Each is an array of `u64` words with two halves of [`WORDS`](cover::WORDS) words each, one
+/// bit per /24 network of the IPv4 space:
+/// - `FULL` (words `0..WORDS`): the /24 lies entirely inside a listed prefix of length 0..=24,
+///   so every address in it is listed: decided without the trie.
+/// - `PARTIAL` (words `WORDS..2*WORDS`): a listed prefix longer than /24 lies inside the /24,
+///   so the trie decides.
+///
+/// An address whose /24 has neither bit is not covered by any prefix of the list. The daemon
+/// keeps the bitmaps in step with the trie.
+pub mod cover {
+    /// Words per half: 2^24 /24 networks, 64 per word.
+    pub const WORDS: u32 = 1 << 18;
+    /// Entries of a coverage array.
+    pub const ENTRIES: u32 = 2 * WORDS;
+
+    /// The /24 index of an IPv4 address (network byte order octets).
+    #[inline(always)]
+    pub const fn slash24(addr: [u8; 4]) -> u32 {
+        u32::from_be_bytes(addr) >> 8
+    }
+
+    /// Word index (in the FULL half) and bit of a /24 index.
+    #[inline(always)]
+    pub const fn word_bit(slash24: u32) -> (u32, u64) {
+        (slash24 >> 6, 1u64 << (slash24 & 63))
+    }
+}
+
 /// Every list map, for code that walks them all.
 pub const LIST_MAPS: [&str; 8] = [
     BLOCK4_HOST,

@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use gateway_common::{
-    maps::list_bit,
+    maps::{cover, list_bit},
     net::{rate_key_v4, rate_key_v6, RateKey},
     parse::{self, Frame, Source},
     ratelimit, Counter, Settings, Verdict,
@@ -66,6 +66,12 @@ static ALLOW6_HOST: HashMap<[u8; 16], u32> =
 #[map]
 static ALLOW6_NET: LpmTrie<[u8; 16], u32> =
     LpmTrie::with_max_entries(DEFAULT_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// IPv4 prefix coverage per /24 (gateway_common::maps::cover): most packets skip the trie.
+#[map]
+static BLOCK4_COVER: Array<u64> = Array::with_max_entries(cover::ENTRIES, 0);
+#[map]
+static ALLOW4_COVER: Array<u64> = Array::with_max_entries(cover::ENTRIES, 0);
 
 /// Theoretical arrival time per source key. An LRU map: a flood of spoofed sources evicts the
 /// least recently seen keys instead of filling the map and locking new sources out.
@@ -140,14 +146,13 @@ fn decide(ctx: &XdpContext) -> Verdict {
     match source {
         Source::NotIp => Verdict::Passed,
         Source::V4(addr) => {
-            let key = Key::new(32, addr);
             if (lists & list_bit::ALLOW4_HOST != 0 && ALLOW4_HOST.get_ptr(&addr).is_some())
-                || (lists & list_bit::ALLOW4_NET != 0 && ALLOW4_NET.get(&key).is_some())
+                || (lists & list_bit::ALLOW4_NET != 0 && net4_listed(&ALLOW4_COVER, &ALLOW4_NET, addr))
             {
                 return Verdict::Allowlisted;
             }
             if (lists & list_bit::BLOCK4_HOST != 0 && BLOCK4_HOST.get_ptr(&addr).is_some())
-                || (lists & list_bit::BLOCK4_NET != 0 && BLOCK4_NET.get(&key).is_some())
+                || (lists & list_bit::BLOCK4_NET != 0 && net4_listed(&BLOCK4_COVER, &BLOCK4_NET, addr))
             {
                 return Verdict::DroppedBlocklist;
             }
@@ -168,6 +173,21 @@ fn decide(ctx: &XdpContext) -> Verdict {
             rate_limit(settings, &rate_key_v6(addr, settings.prefix6))
         }
     }
+}
+
+/// Whether a prefix of an IPv4 list covers `addr`: the coverage bitmap answers for prefixes up
+/// to /24 and rules out /24s without longer prefixes, so the trie is walked only for addresses
+/// whose /24 holds a longer prefix.
+#[inline(always)]
+fn net4_listed(cover: &Array<u64>, trie: &LpmTrie<[u8; 4], u32>, addr: [u8; 4]) -> bool {
+    let (word, bit) = cover::word_bit(cover::slash24(addr));
+    if cover.get(word).is_some_and(|w| w & bit != 0) {
+        return true;
+    }
+    if cover.get(cover::WORDS + word).is_some_and(|w| w & bit != 0) {
+        return trie.get(&Key::new(32, addr)).is_some();
+    }
+    false
 }
 
 /// One GCRA step for `key` (see gateway_common::ratelimit).

@@ -1,14 +1,18 @@
 //! The XDP layer from userspace: loading the program with map sizes from the config, attaching
 //! it, and keeping its maps in step with the lists and the rate limit.
 
-use std::net::IpAddr;
+use std::{collections::HashMap as StdHashMap, net::IpAddr};
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use gateway_common::{maps as names, maps::list_bit, Counter, Settings, Verdict};
+use gateway_common::{
+    maps as names,
+    maps::{cover, list_bit},
+    Counter, Settings, Verdict,
+};
 use ipnet::IpNet;
 
 use crate::{
@@ -32,6 +36,80 @@ struct ListMaps {
     allow4_net: LpmTrie<MapData, [u8; 4], u32>,
     allow6_host: HashMap<MapData, [u8; 16], u32>,
     allow6_net: LpmTrie<MapData, [u8; 16], u32>,
+}
+
+/// The userspace side of an IPv4 coverage bitmap (see gateway_common::maps::cover): counts
+/// from which the kernel's bits are derived, so removing one of two overlapping prefixes keeps
+/// the bits the other needs.
+struct Cover4 {
+    map: Array<MapData, u64>,
+    /// Per /24: listed prefixes of length 0..=24 that cover it (at most 25, one per length).
+    /// Allocated (16 MiB) with the first such prefix.
+    full: Vec<u8>,
+    /// Per /24: listed prefixes longer than /24 inside it.
+    partial: StdHashMap<u32, u32>,
+}
+
+impl Cover4 {
+    fn new(map: Array<MapData, u64>) -> Cover4 {
+        Cover4 { map, full: Vec::new(), partial: StdHashMap::new() }
+    }
+
+    /// Counts `nets` (IPv4 prefixes, not hosts) in or out and rewrites the words that changed.
+    fn apply(&mut self, nets: &[IpNet], add: bool) -> Result<(), String> {
+        let mut full_ranges: Vec<(u32, u32)> = Vec::new();
+        let mut partial_words: Vec<u32> = Vec::new();
+        for net in nets {
+            let IpNet::V4(v4) = net else { continue };
+            let len = v4.prefix_len();
+            let first = cover::slash24(v4.network().octets());
+            if len <= 24 {
+                if self.full.is_empty() {
+                    self.full = vec![0u8; 1 << 24];
+                }
+                let count = 1u32 << (24 - len);
+                for c in &mut self.full[first as usize..(first + count) as usize] {
+                    *c = if add { c.saturating_add(1) } else { c.saturating_sub(1) };
+                }
+                full_ranges.push((first >> 6, (first + count - 1) >> 6));
+            } else {
+                let c = self.partial.entry(first).or_insert(0);
+                *c = if add { c.saturating_add(1) } else { c.saturating_sub(1) };
+                if *c == 0 {
+                    self.partial.remove(&first);
+                }
+                partial_words.push(first >> 6);
+            }
+        }
+        // Merge overlapping word ranges, so each word is written once.
+        full_ranges.sort_unstable();
+        let mut full_words: Vec<u32> = Vec::new();
+        for (from, to) in full_ranges {
+            let from = full_words.last().map_or(from, |last| from.max(last + 1));
+            full_words.extend(from..=to);
+        }
+        partial_words.sort_unstable();
+        partial_words.dedup();
+        for word in full_words {
+            let base = (word as usize) << 6;
+            let bits = self.full[base..base + 64]
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, c)| if *c > 0 { acc | 1 << i } else { acc });
+            self.map.set(word, bits, 0).map_err(|e| map_error("IPv4 coverage", e))?;
+        }
+        for word in partial_words {
+            let bits = (0..64u32).fold(0u64, |acc, i| {
+                if self.partial.contains_key(&((word << 6) | i)) {
+                    acc | 1 << i
+                } else {
+                    acc
+                }
+            });
+            self.map.set(cover::WORDS + word, bits, 0).map_err(|e| map_error("IPv4 coverage", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Which of the eight maps a net lives in: its index (and bit) in [`Settings::lists`].
@@ -78,6 +156,8 @@ impl AttachedMode {
 pub struct Kernel {
     ebpf: Ebpf,
     lists: ListMaps,
+    block4_cover: Cover4,
+    allow4_cover: Cover4,
     settings_map: Array<MapData, Settings>,
     verdicts: PerCpuArray<MapData, Counter>,
     /// What the SETTINGS map holds.
@@ -162,6 +242,8 @@ impl Kernel {
             allow6_host: take(&mut ebpf, names::ALLOW6_HOST)?,
             allow6_net: take(&mut ebpf, names::ALLOW6_NET)?,
         };
+        let block4_cover = Cover4::new(take(&mut ebpf, names::BLOCK4_COVER)?);
+        let allow4_cover = Cover4::new(take(&mut ebpf, names::ALLOW4_COVER)?);
         let settings_map: Array<MapData, Settings> = take(&mut ebpf, names::SETTINGS)?;
         let verdicts = take(&mut ebpf, names::VERDICTS)?;
         let program: &mut Xdp = ebpf
@@ -175,6 +257,8 @@ impl Kernel {
         let mut kernel = Kernel {
             ebpf,
             lists,
+            block4_cover,
+            allow4_cover,
             settings_map,
             verdicts,
             settings: Settings::default(),
@@ -391,6 +475,20 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    fn cover(&mut self, kind: ListKind) -> &mut Cover4 {
+        match kind {
+            ListKind::Block => &mut self.block4_cover,
+            ListKind::Allow => &mut self.allow4_cover,
+        }
+    }
+}
+
+/// The IPv4 prefixes (not hosts) among `nets`: what the coverage bitmaps track.
+fn v4_prefixes(nets: &[IpNet]) -> Vec<IpNet> {
+    nets.iter().filter(|n| matches!(n, IpNet::V4(_)) && !is_host(n)).copied().collect()
+}
+
 impl Enforcer for Kernel {
     fn insert(&mut self, kind: ListKind, nets: &[IpNet]) -> Result<(), String> {
         // Bits first: a map's entries only matter once the program looks it up.
@@ -417,16 +515,37 @@ impl Enforcer for Kernel {
                 return Err(map_error(&format!("{} insert of {net}", kind.name()), e));
             }
         }
+        // The trie holds the prefixes before the bitmap sends lookups to it.
+        let prefixes = v4_prefixes(nets);
+        if !prefixes.is_empty() {
+            if let Err(e) = self.cover(kind).apply(&prefixes, true) {
+                let _ = self.cover(kind).apply(&prefixes, false);
+                for done in nets {
+                    let _ = self.remove_one(slot(kind, done), done);
+                }
+                let _ = self.write_settings(previous);
+                return Err(e);
+            }
+        }
         self.counts = wanted;
         Ok(())
     }
 
     fn remove(&mut self, kind: ListKind, nets: &[IpNet]) -> Result<(), String> {
+        // The bitmap stops sending lookups to the trie before the prefixes leave it.
+        let prefixes = v4_prefixes(nets);
+        if !prefixes.is_empty() {
+            if let Err(e) = self.cover(kind).apply(&prefixes, false) {
+                let _ = self.cover(kind).apply(&prefixes, true);
+                return Err(e);
+            }
+        }
         for (i, net) in nets.iter().enumerate() {
             if let Err(e) = self.remove_one(slot(kind, net), net) {
                 for done in &nets[..i] {
                     let _ = self.insert_one(slot(kind, done), done);
                 }
+                let _ = self.cover(kind).apply(&prefixes, true);
                 return Err(map_error(&format!("{} removal of {net}", kind.name()), e));
             }
         }
