@@ -147,12 +147,14 @@ fn decide(ctx: &XdpContext) -> Verdict {
         Source::NotIp => Verdict::Passed,
         Source::V4(addr) => {
             if (lists & list_bit::ALLOW4_HOST != 0 && ALLOW4_HOST.get_ptr(&addr).is_some())
-                || (lists & list_bit::ALLOW4_NET != 0 && net4_listed(&ALLOW4_COVER, &ALLOW4_NET, addr))
+                || (lists & list_bit::ALLOW4_NET != 0
+                    && net4_listed(&ALLOW4_COVER, &ALLOW4_NET, addr))
             {
                 return Verdict::Allowlisted;
             }
             if (lists & list_bit::BLOCK4_HOST != 0 && BLOCK4_HOST.get_ptr(&addr).is_some())
-                || (lists & list_bit::BLOCK4_NET != 0 && net4_listed(&BLOCK4_COVER, &BLOCK4_NET, addr))
+                || (lists & list_bit::BLOCK4_NET != 0
+                    && net4_listed(&BLOCK4_COVER, &BLOCK4_NET, addr))
             {
                 return Verdict::DroppedBlocklist;
             }

@@ -522,10 +522,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
         Err(_) => Response::error("timed out waiting for the request"),
         Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
         Ok(Ok(_)) if !line.ends_with(b"\n") => Response::error("request too large or cut short"),
-        Ok(Ok(_)) => match {
-            tracing::debug!(bytes = line.len(), "admin request read");
-            serde_json::from_slice::<Request>(&line)
-        } {
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
             Ok(request) => {
                 let core = core.clone();

@@ -52,7 +52,11 @@ struct Cover4 {
 
 impl Cover4 {
     fn new(map: Array<MapData, u64>) -> Cover4 {
-        Cover4 { map, full: Vec::new(), partial: StdHashMap::new() }
+        Cover4 {
+            map,
+            full: Vec::new(),
+            partial: StdHashMap::new(),
+        }
     }
 
     /// Counts `nets` (IPv4 prefixes, not hosts) in or out and rewrites the words that changed.
@@ -69,12 +73,20 @@ impl Cover4 {
                 }
                 let count = 1u32 << (24 - len);
                 for c in &mut self.full[first as usize..(first + count) as usize] {
-                    *c = if add { c.saturating_add(1) } else { c.saturating_sub(1) };
+                    *c = if add {
+                        c.saturating_add(1)
+                    } else {
+                        c.saturating_sub(1)
+                    };
                 }
                 full_ranges.push((first >> 6, (first + count - 1) >> 6));
             } else {
                 let c = self.partial.entry(first).or_insert(0);
-                *c = if add { c.saturating_add(1) } else { c.saturating_sub(1) };
+                *c = if add {
+                    c.saturating_add(1)
+                } else {
+                    c.saturating_sub(1)
+                };
                 if *c == 0 {
                     self.partial.remove(&first);
                 }
@@ -96,7 +108,9 @@ impl Cover4 {
                 .iter()
                 .enumerate()
                 .fold(0u64, |acc, (i, c)| if *c > 0 { acc | 1 << i } else { acc });
-            self.map.set(word, bits, 0).map_err(|e| map_error("IPv4 coverage", e))?;
+            self.map
+                .set(word, bits, 0)
+                .map_err(|e| map_error("IPv4 coverage", e))?;
         }
         for word in partial_words {
             let bits = (0..64u32).fold(0u64, |acc, i| {
@@ -106,7 +120,9 @@ impl Cover4 {
                     acc
                 }
             });
-            self.map.set(cover::WORDS + word, bits, 0).map_err(|e| map_error("IPv4 coverage", e))?;
+            self.map
+                .set(cover::WORDS + word, bits, 0)
+                .map_err(|e| map_error("IPv4 coverage", e))?;
         }
         Ok(())
     }
@@ -486,7 +502,10 @@ impl Kernel {
 
 /// The IPv4 prefixes (not hosts) among `nets`: what the coverage bitmaps track.
 fn v4_prefixes(nets: &[IpNet]) -> Vec<IpNet> {
-    nets.iter().filter(|n| matches!(n, IpNet::V4(_)) && !is_host(n)).copied().collect()
+    nets.iter()
+        .filter(|n| matches!(n, IpNet::V4(_)) && !is_host(n))
+        .copied()
+        .collect()
 }
 
 impl Enforcer for Kernel {

@@ -88,6 +88,12 @@ fn mac_str(mac: [u8; 6]) -> String {
         .join(":")
 }
 
+impl Default for Net {
+    fn default() -> Self {
+        Net::new()
+    }
+}
+
 impl Net {
     pub fn new() -> Net {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -470,6 +476,12 @@ impl Drop for RawSocket {
 /// gateway under test; it outlives daemon restarts.
 pub struct Setup {
     pub dir: tempfile::TempDir,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup::new()
+    }
 }
 
 impl Setup {

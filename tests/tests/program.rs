@@ -219,7 +219,10 @@ fn ipv4_prefix_coverage_follows_adds_and_removals() {
     assert!(blocked4(&mut k, v4("10.200.3.4")));
     assert!(blocked4(&mut k, v4("192.0.2.200")));
     assert!(blocked4(&mut k, v4("192.0.2.70")));
-    assert!(!blocked4(&mut k, v4("192.0.2.5")), "same /24, outside both longer prefixes");
+    assert!(
+        !blocked4(&mut k, v4("192.0.2.5")),
+        "same /24, outside both longer prefixes"
+    );
     assert!(!blocked4(&mut k, v4("192.0.3.200")));
     // Removing the /8 keeps the /16 inside it.
     k.remove(ListKind::Block, &n("10.0.0.0/8")).unwrap();
@@ -227,12 +230,19 @@ fn ipv4_prefix_coverage_follows_adds_and_removals() {
     assert!(!blocked4(&mut k, v4("10.2.0.1")));
     k.remove(ListKind::Block, &n("192.0.2.128/25")).unwrap();
     assert!(!blocked4(&mut k, v4("192.0.2.200")));
-    assert!(blocked4(&mut k, v4("192.0.2.70")), "the other longer prefix of the /24 stays");
+    assert!(
+        blocked4(&mut k, v4("192.0.2.70")),
+        "the other longer prefix of the /24 stays"
+    );
     k.remove(ListKind::Block, &n("192.0.2.64/27")).unwrap();
     assert!(!blocked4(&mut k, v4("192.0.2.70")));
     // The whole space, then nothing.
     k.insert(ListKind::Block, &n("0.0.0.0/0")).unwrap();
-    assert!(blocked4(&mut k, v4("203.0.113.9")) && blocked4(&mut k, v4("255.255.255.255")) && blocked4(&mut k, v4("0.0.0.1")));
+    assert!(
+        blocked4(&mut k, v4("203.0.113.9"))
+            && blocked4(&mut k, v4("255.255.255.255"))
+            && blocked4(&mut k, v4("0.0.0.1"))
+    );
     k.remove(ListKind::Block, &n("0.0.0.0/0")).unwrap();
     k.remove(ListKind::Block, &n("10.1.0.0/16")).unwrap();
     assert!(!blocked4(&mut k, v4("10.1.2.3")) && !blocked4(&mut k, v4("203.0.113.9")));
@@ -262,7 +272,10 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
             } else {
                 let len = [32u8, 44, 48, 56, 64, 96, 127, 128][(r >> 8) as usize % 8];
                 let low = u128::from((r >> 16) & 0xf_ffff) << 64 | u128::from(rand());
-                let addr = Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 | low & 0x0000_0000_000f_ffff_ffff_ffff_ffff_ffff);
+                let addr = Ipv6Addr::from(
+                    0x2001_0db8_0000_0000_0000_0000_0000_0000u128
+                        | low & 0x0000_0000_000f_ffff_ffff_ffff_ffff_ffff,
+                );
                 ipnet::IpNet::V6(ipnet::Ipv6Net::new(addr, len).unwrap().trunc())
             };
             if let Some(i) = listed.iter().position(|n| *n == net) {
@@ -288,9 +301,13 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
         }
         for _ in 0..200 {
             let r = rand();
-            probes.push(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (r as u32 & 0x000f_ffff))));
+            probes.push(IpAddr::V4(Ipv4Addr::from(
+                0x0a00_0000 | (r as u32 & 0x000f_ffff),
+            )));
             let low = u128::from((r >> 16) & 0xf_ffff) << 64 | u128::from(rand());
-            probes.push(IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | low & 0x0000_0000_000f_ffff_ffff_ffff_ffff_ffff)));
+            probes.push(IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8u128 << 96 | low & 0x0000_0000_000f_ffff_ffff_ffff_ffff_ffff,
+            )));
         }
         for probe in probes {
             let expected = listed.iter().any(|n| n.contains(&probe));
