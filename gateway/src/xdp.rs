@@ -152,6 +152,30 @@ const SLOT_BITS: [u32; 8] = [
     list_bit::ALLOW6_NET,
 ];
 
+/// Forwards the XDP program's log records into our log. `xdp.log_level` already chose which
+/// records the program emits, so they are logged at info (warn and error as such) under the
+/// target `gateway::kernel`, visible at the default log level.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = record.level();
+        match level {
+            log::Level::Error => tracing::error!(target: "gateway::kernel", "{}", record.args()),
+            log::Level::Warn => tracing::warn!(target: "gateway::kernel", "{}", record.args()),
+            _ => {
+                tracing::info!(target: "gateway::kernel", kernel_level = %level, "{}", record.args())
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// The attach mode actually obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachedMode {
@@ -182,7 +206,7 @@ pub struct Kernel {
     counts: [usize; 8],
     attached: Option<(String, AttachedMode)>,
     link: Option<XdpLinkId>,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
 fn map_error(what: &str, e: MapError) -> String {
@@ -229,7 +253,7 @@ impl Kernel {
             })?;
         // Kernel-side log records reach our log (and tracing through its log bridge).
         let logger = if level > 0 {
-            match aya_log::EbpfLogger::init_with_logger(&mut ebpf, log::logger()) {
+            match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
                 Ok(logger) => Some(logger),
                 Err(e) => {
                     tracing::warn!(error = %e, "kernel-side logging unavailable");

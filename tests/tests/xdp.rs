@@ -686,3 +686,25 @@ fn a_million_line_feed_imports_and_empties_in_seconds() {
         "import {import:?}, clear {clear:?}"
     );
 }
+
+#[test]
+fn kernel_side_log_records_reach_the_daemon_log() {
+    let (net, _setup, daemon) = start("log_level = \"debug\"\n", "");
+    let raw = net.raw();
+    let bad = frames::malformed(
+        net.gw_mac,
+        net.cl_mac,
+        "198.18.0.2".parse().unwrap(),
+        "2001:db8::2".parse().unwrap(),
+    );
+    raw.send(&bad[0].1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !daemon.log_text().contains("malformed frame") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel log record in:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
