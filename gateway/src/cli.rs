@@ -167,14 +167,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Ratelimit(cmd) => rate_command(socket, cmd),
         Command::Stats { json } => {
             let data = call(socket, &Request::Stats)?.data;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            } else {
-                print!("{}", format_stats(&data));
-            }
+            print_data(&data, json, format_stats);
             Ok(())
         }
     }
@@ -192,6 +185,23 @@ fn call(socket: &Path, request: &Request) -> Result<Response, String> {
     }
 }
 
+/// Prints a daemon answer as pretty JSON or through `format` (which ends its own lines).
+fn print_data(data: &Value, json: bool, format: impl Fn(&Value) -> String) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+    } else {
+        print!("{}", format(data));
+    }
+}
+
+/// Checks addresses locally (a typo is reported without a round trip) and writes them in the
+/// canonical form the daemon parses again.
+fn canonical(nets: &[String]) -> Result<Vec<String>, String> {
+    nets.iter()
+        .map(|n| net::parse_net(n).map(|n| n.to_string()))
+        .collect()
+}
+
 fn print_message(response: &Response) {
     if let Some(message) = &response.message {
         println!("{message}");
@@ -200,19 +210,9 @@ fn print_message(response: &Response) {
 
 fn list_command(socket: &Path, list: ListKind, cmd: ListCommand) -> Result<(), String> {
     match cmd {
-        ListCommand::Add { nets, meta } => {
-            // Check locally first, so a typo is reported without a round trip and by position.
-            let nets = nets
-                .iter()
-                .map(|n| net::parse_net(n).map(|n| n.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            add(socket, list, nets, meta, "cli")
-        }
+        ListCommand::Add { nets, meta } => add(socket, list, canonical(&nets)?, meta, "cli"),
         ListCommand::Rm { nets } => {
-            let nets = nets
-                .iter()
-                .map(|n| net::parse_net(n).map(|n| n.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let nets = canonical(&nets)?;
             print_message(&call(socket, &Request::Remove { list, nets })?);
             Ok(())
         }
@@ -222,14 +222,7 @@ fn list_command(socket: &Path, list: ListKind, cmd: ListCommand) -> Result<(), S
         }
         ListCommand::List { json } => {
             let data = call(socket, &Request::List { list })?.data;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            } else {
-                print!("{}", format_list(&data));
-            }
+            print_data(&data, json, format_list);
             Ok(())
         }
         ListCommand::Import { file, meta } => {
@@ -342,14 +335,7 @@ fn rate_command(socket: &Path, cmd: RateCommand) -> Result<(), String> {
         }
         RateCommand::Show { json } => {
             let data = call(socket, &Request::RateShow)?.data;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&data).unwrap_or_default()
-                );
-            } else {
-                println!("{}", format_rate(&data));
-            }
+            print_data(&data, json, |d| format!("{}\n", format_rate(d)));
         }
         RateCommand::Reset => print_message(&call(socket, &Request::RateReset)?),
     }
