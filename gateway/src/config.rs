@@ -129,27 +129,34 @@ impl Default for RateConfig {
 impl RateConfig {
     /// The kernel settings for this rate (a zero burst means one second's worth of packets).
     pub fn settings(&self) -> Result<Settings, String> {
-        let burst = if self.burst == 0 {
+        self.check().map_err(|(_, message)| message)
+    }
+
+    /// The burst in force: a zero burst means one second's worth of packets.
+    pub fn effective_burst(&self) -> u64 {
+        if self.burst == 0 {
             self.pps
         } else {
             self.burst
-        };
-        Settings::rate(self.pps, burst, self.prefix4, self.prefix6).map_err(|e| {
-            use gateway_common::ratelimit::RateError::*;
-            match e {
-                PpsTooHigh => format!(
-                    "pps {} is above {}",
-                    self.pps,
-                    gateway_common::ratelimit::MAX_PPS
-                ),
-                BurstZero => "burst must be at least 1".to_string(),
-                BurstTooHigh => format!(
-                    "burst {burst} is above {}",
-                    gateway_common::ratelimit::MAX_BURST
-                ),
-                Prefix4TooLong => format!("prefix4 {} is not in 0..=32", self.prefix4),
-                Prefix6TooLong => format!("prefix6 {} is not in 0..=128", self.prefix6),
-            }
+        }
+    }
+
+    /// [`RateConfig::settings`], with the key at fault on error.
+    fn check(&self) -> Result<Settings, (&'static str, String)> {
+        use gateway_common::ratelimit::{RateError::*, MAX_BURST, MAX_PPS};
+        let burst = self.effective_burst();
+        Settings::rate(self.pps, burst, self.prefix4, self.prefix6).map_err(|e| match e {
+            PpsTooHigh => ("pps", format!("pps {} is above {MAX_PPS}", self.pps)),
+            BurstZero => ("burst", "burst must be at least 1".to_string()),
+            BurstTooHigh => ("burst", format!("burst {burst} is above {MAX_BURST}")),
+            Prefix4TooLong => (
+                "prefix4",
+                format!("prefix4 {} is not in 0..=32", self.prefix4),
+            ),
+            Prefix6TooLong => (
+                "prefix6",
+                format!("prefix6 {} is not in 0..=128", self.prefix6),
+            ),
         })
     }
 }
@@ -159,15 +166,13 @@ impl fmt::Display for RateConfig {
         if self.pps == 0 {
             write!(f, "off (keys /{} and /{})", self.prefix4, self.prefix6)
         } else {
-            let burst = if self.burst == 0 {
-                self.pps
-            } else {
-                self.burst
-            };
             write!(
                 f,
                 "{} packets/s, burst {}, per /{} (IPv4) and /{} (IPv6) source",
-                self.pps, burst, self.prefix4, self.prefix6
+                self.pps,
+                self.effective_burst(),
+                self.prefix4,
+                self.prefix6
             )
         }
     }
@@ -300,13 +305,7 @@ impl Config {
                 ));
             }
         }
-        if let Err(message) = xdp.ratelimit.settings() {
-            let key = match message.split_whitespace().next() {
-                Some("pps") => "pps",
-                Some("prefix4") => "prefix4",
-                Some("prefix6") => "prefix6",
-                _ => "burst",
-            };
+        if let Err((key, message)) = xdp.ratelimit.check() {
             return Err((vec!["xdp", "ratelimit", key], message));
         }
         if self.state.dir.as_os_str().is_empty() {

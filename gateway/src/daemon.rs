@@ -231,14 +231,9 @@ impl Core {
 
     fn rate_json(&self) -> serde_json::Value {
         let (rate, source) = self.rate();
-        let burst = if rate.burst == 0 {
-            rate.pps
-        } else {
-            rate.burst
-        };
         json!({
             "pps": rate.pps,
-            "burst": burst,
+            "burst": rate.effective_burst(),
             "prefix4": rate.prefix4,
             "prefix6": rate.prefix6,
             "enabled": rate.pps > 0,
