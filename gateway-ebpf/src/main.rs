@@ -158,7 +158,7 @@ fn decide(ctx: &XdpContext) -> Verdict {
             {
                 return Verdict::DroppedBlocklist;
             }
-            rate_limit(settings, &rate_key_v4(addr, settings.prefix4))
+            rate_limit(settings, || rate_key_v4(addr, settings.prefix4))
         }
         Source::V6(addr) => {
             let key = Key::new(128, addr);
@@ -172,7 +172,7 @@ fn decide(ctx: &XdpContext) -> Verdict {
             {
                 return Verdict::DroppedBlocklist;
             }
-            rate_limit(settings, &rate_key_v6(addr, settings.prefix6))
+            rate_limit(settings, || rate_key_v6(addr, settings.prefix6))
         }
     }
 }
@@ -198,10 +198,12 @@ fn net4_listed(cover: &Array<u64>, trie: &LpmTrie<[u8; 4], u32>, addr: [u8; 4]) 
 /// and admit one packet each where one should pass: a bounded overshoot of a packet per CPU,
 /// which we accept rather than pay for an atomic compare-and-swap on every packet.
 #[inline(always)]
-fn rate_limit(settings: &Settings, key: &RateKey) -> Verdict {
+fn rate_limit(settings: &Settings, key: impl FnOnce() -> RateKey) -> Verdict {
     if !settings.rate_limited() {
         return Verdict::Passed;
     }
+    // The key is masked only when the limit is on.
+    let key = &key();
     // SAFETY: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     match RATE_STATE.get_ptr_mut(key) {

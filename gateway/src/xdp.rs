@@ -176,6 +176,15 @@ impl log::Log for KernelLog {
     fn flush(&self) {}
 }
 
+/// The `lists` bits of the maps whose entry count is not zero.
+fn list_bits(counts: &[usize; 8]) -> u32 {
+    counts
+        .iter()
+        .zip(SLOT_BITS)
+        .filter(|(n, _)| **n > 0)
+        .fold(0, |acc, (_, bit)| acc | bit)
+}
+
 /// The attach mode actually obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachedMode {
@@ -204,8 +213,8 @@ pub struct Kernel {
     settings: Settings,
     /// Entries per list map, to keep the `lists` bits right.
     counts: [usize; 8],
-    attached: Option<(String, AttachedMode)>,
-    link: Option<XdpLinkId>,
+    /// Interface, mode and link while attached.
+    attached: Option<(String, AttachedMode, XdpLinkId)>,
     logger: Option<aya_log::EbpfLogger<KernelLog>>,
 }
 
@@ -304,7 +313,6 @@ impl Kernel {
             settings: Settings::default(),
             counts: [0; 8],
             attached: None,
-            link: None,
             logger,
         };
         let rate = config.ratelimit.settings()?;
@@ -367,20 +375,18 @@ impl Kernel {
             }
         };
         let (got, link) = got;
-        self.attached = Some((interface.to_string(), got));
-        self.link = Some(link);
+        self.attached = Some((interface.to_string(), got, link));
         Ok(got)
     }
 
     /// Where the program is attached, if it is.
     pub fn attached(&self) -> Option<(&str, AttachedMode)> {
-        self.attached.as_ref().map(|(i, m)| (i.as_str(), *m))
+        self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
     }
 
     /// Detaches from the interface (dropping the Kernel does the same).
     pub fn detach(&mut self) {
-        self.attached = None;
-        if let Some(link) = self.link.take() {
+        if let Some((_, _, link)) = self.attached.take() {
             if let Err(e) = self.program_mut().detach(link) {
                 tracing::warn!(error = %e, "detach");
             }
@@ -499,12 +505,7 @@ impl Kernel {
 
     /// Sets the `lists` bit of every map that holds entries, clears the others.
     fn sync_list_bits(&mut self) -> Result<(), String> {
-        let lists = self
-            .counts
-            .iter()
-            .zip(SLOT_BITS)
-            .filter(|(n, _)| **n > 0)
-            .fold(0, |acc, (_, bit)| acc | bit);
+        let lists = list_bits(&self.counts);
         if lists != self.settings.lists {
             self.write_settings(Settings {
                 lists,
@@ -539,14 +540,9 @@ impl Enforcer for Kernel {
         for net in nets {
             wanted[slot(kind, net)] += 1;
         }
-        let bits = wanted
-            .iter()
-            .zip(SLOT_BITS)
-            .filter(|(n, _)| **n > 0)
-            .fold(0, |a, (_, b)| a | b);
         let previous = self.settings;
         self.write_settings(Settings {
-            lists: self.settings.lists | bits,
+            lists: self.settings.lists | list_bits(&wanted),
             ..self.settings
         })?;
         for (i, net) in nets.iter().enumerate() {

@@ -178,38 +178,23 @@ impl Net {
         );
         // Static neighbours: a blocked source's ARP/NDP would be dropped too, and the tests
         // must not depend on resolution.
-        sh(
-            "ip",
-            &[
+        for gw_addr in ["198.18.0.1", "2001:db8::1"] {
+            let dev = net.cl_if.as_str();
+            let args = [
                 "-n",
                 c,
                 "neigh",
                 "replace",
-                "198.18.0.1",
+                gw_addr,
                 "lladdr",
                 &gmac,
                 "dev",
-                &net.cl_if,
+                dev,
                 "nud",
                 "permanent",
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                c,
-                "neigh",
-                "replace",
-                "2001:db8::1",
-                "lladdr",
-                &gmac,
-                "dev",
-                &net.cl_if,
-                "nud",
-                "permanent",
-            ],
-        );
+            ];
+            sh("ip", &args);
+        }
         net
     }
 
