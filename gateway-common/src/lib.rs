@@ -5,6 +5,7 @@
 //! userspace.
 #![no_std]
 
+pub mod hash;
 pub mod maps;
 pub mod net;
 pub mod parse;

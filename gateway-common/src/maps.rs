@@ -3,93 +3,173 @@
 //! Map names are the symbols of the statics in `gateway-ebpf`; the kernel keeps at most 15
 //! characters of a map name, so every name here fits in 15.
 
-/// Exact IPv4 hosts to drop: key `[u8; 4]` (network order), value [`LIST_ENTRY`].
-pub const BLOCK4_HOST: &str = "BLOCK4_HOST";
-/// IPv4 prefixes to drop: LPM trie keyed by `Key<[u8; 4]>`.
-pub const BLOCK4_NET: &str = "BLOCK4_NET";
-/// Exact IPv6 hosts to drop: key `[u8; 16]`.
-pub const BLOCK6_HOST: &str = "BLOCK6_HOST";
-/// IPv6 prefixes to drop: LPM trie keyed by `Key<[u8; 16]>`.
-pub const BLOCK6_NET: &str = "BLOCK6_NET";
-/// Exact IPv4 hosts that bypass the blocklist and the rate limit.
-pub const ALLOW4_HOST: &str = "ALLOW4_HOST";
-/// IPv4 prefixes that bypass the blocklist and the rate limit.
-pub const ALLOW4_NET: &str = "ALLOW4_NET";
-/// Exact IPv6 hosts that bypass the blocklist and the rate limit.
-pub const ALLOW6_HOST: &str = "ALLOW6_HOST";
-/// IPv6 prefixes that bypass the blocklist and the rate limit.
-pub const ALLOW6_NET: &str = "ALLOW6_NET";
-/// Per-source rate-limit state: LRU hash from [`crate::net::RateKey`] to a GCRA
-/// theoretical arrival time (`u64`, nanoseconds of `bpf_ktime_get_ns`).
+/// The list keys of both families: an array of [`ListBucket`]s, `Settings::list_buckets_mask +
+/// 1` of them, indexed by the key's fingerprint (see [`lists`]).
+pub const LIST_TABLE: &str = "LIST_TABLE";
+/// IPv4 keys whose bucket in [`LIST_TABLE`] was full: hash map from [`lists::Key4`] to flags.
+pub const LIST4: &str = "LIST4";
+/// IPv6 keys whose bucket in [`LIST_TABLE`] was full: hash map from [`lists::Key6`] to flags.
+pub const LIST6: &str = "LIST6";
+/// Per-source rate-limit state: an array of [`RateBucket`]s, `Settings::rate_buckets_mask + 1`
+/// of them, indexed by a keyed hash of the source key.
 pub const RATE_STATE: &str = "RATE_STATE";
 /// One-slot array holding the [`Settings`] the program runs with.
 pub const SETTINGS: &str = "SETTINGS";
 /// Per-CPU array of [`Counter`]s, indexed by [`Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
 
-/// IPv4 prefix coverage of the blocklist, one bit per /24: see [`cover`].
-pub const BLOCK4_COVER: &str = "BLOCK4_COVER";
-/// IPv4 prefix coverage of the allowlist, one bit per /24: see [`cover`].
-pub const ALLOW4_COVER: &str = "ALLOW4_COVER";
-
-/// The IPv4 coverage bitmaps that spare most packets an LPM trie walk.
+/// How the blocklist and the allowlist are laid out for the kernel.
 ///
-/// Each is an array of `u64` words with two halves of [`WORDS`](cover::WORDS) words each, one
-/// bit per /24 network of the IPv4 space:
-/// - `FULL` (words `0..WORDS`): the /24 lies entirely inside a listed prefix of length 0..=24,
-///   so every address in it is listed: decided without the trie.
-/// - `PARTIAL` (words `WORDS..2*WORDS`): a listed prefix longer than /24 lies inside the /24,
-///   so the trie decides.
+/// Every listed network is stored under keys whose prefix length is a multiple of
+/// [`STRIDE`](lists::STRIDE) (a "target" length): a network of length `len` becomes the
+/// `2^(target(len) - len)` networks of length `target(len)` that make it up (at most 128). A
+/// key carries the [`BLOCK`](lists::BLOCK) and [`ALLOW`](lists::ALLOW) flags of every listed
+/// network stored under it.
 ///
-/// An address whose /24 has neither bit is not covered by any prefix of the list. The daemon
-/// keeps the bitmaps in step with the trie.
-pub mod cover {
-    /// Words per half: 2^24 /24 networks, 64 per word.
-    pub const WORDS: u32 = 1 << 18;
-    /// Entries of a coverage array.
-    pub const ENTRIES: u32 = 2 * WORDS;
+/// Keys live in [`LIST_TABLE`](super::LIST_TABLE), a four-way hash table in an array: a key's
+/// keyed 64-bit fingerprint picks its bucket and is stored in one of the bucket's slots with
+/// the flags. A key whose bucket is full goes to the family's overflow hash map
+/// ([`LIST4`](super::LIST4), [`LIST6`](super::LIST6)) and the bucket counts it.
+///
+/// Per packet the program masks the source to each target length that holds keys
+/// (`Settings::targets4` / `targets6`) and reads one bucket for each: array reads that the
+/// verifier inlines, no helper call, no trie walk. Only a bucket with overflowed keys costs a
+/// hash lookup.
+///
+/// IPv4 fingerprints are exact (a bijection of length and address). IPv6 fingerprints of two
+/// different keys are equal with probability 2^-64 under the secret seed; the daemon keeps the
+/// keys themselves and never stores two keys with one fingerprint in the table.
+pub mod lists {
+    /// The source is on the blocklist.
+    pub const BLOCK: u32 = 1;
+    /// The source is on the allowlist (wins over [`BLOCK`]).
+    pub const ALLOW: u32 = 2;
+    /// Target prefix lengths are multiples of this.
+    pub const STRIDE: u32 = 8;
 
-    /// The /24 index of an IPv4 address (network byte order octets).
-    #[inline(always)]
-    pub const fn slash24(addr: [u8; 4]) -> u32 {
-        u32::from_be_bytes(addr) >> 8
+    /// An IPv4 key: a target length and the address masked to it (network byte order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Key4 {
+        pub len: u32,
+        pub addr: [u8; 4],
     }
 
-    /// Word index (in the FULL half) and bit of a /24 index.
-    #[inline(always)]
-    pub const fn word_bit(slash24: u32) -> (u32, u64) {
-        (slash24 >> 6, 1u64 << (slash24 & 63))
+    /// An IPv6 key: a target length and the address masked to it (network byte order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Key6 {
+        pub len: u32,
+        pub addr: [u8; 16],
     }
+
+    /// The target length a network of length `len` is stored at.
+    #[inline(always)]
+    pub const fn target(len: u32) -> u32 {
+        len.div_ceil(STRIDE) * STRIDE
+    }
+
+    /// The bit of a target length in `Settings::targets4` / `targets6`.
+    #[inline(always)]
+    pub const fn target_bit(target: u32) -> u32 {
+        1 << (target / STRIDE)
+    }
+
+    /// The mask of a `len`-bit IPv4 prefix, for an address read as a little-endian `u32`
+    /// from its network-order bytes (what a plain load gives the program).
+    #[inline(always)]
+    pub const fn mask4(len: u32) -> u32 {
+        ((crate::net::mask64(len) >> 32) as u32).swap_bytes()
+    }
+
+    /// The masks of a `len`-bit IPv6 prefix for the two halves of the address, each read as
+    /// a little-endian `u64` from its network-order bytes.
+    #[inline(always)]
+    pub const fn mask6(len: u32) -> (u64, u64) {
+        let hi = if len >= 64 { 64 } else { len };
+        let lo = len.saturating_sub(64);
+        (
+            crate::net::mask64(hi).swap_bytes(),
+            crate::net::mask64(lo).swap_bytes(),
+        )
+    }
+
+    /// The fingerprint of an IPv4 key (`addr` as in [`mask4`]). Never equal for two keys.
+    #[inline(always)]
+    pub const fn fingerprint4(seed: u64, len: u32, addr: u32) -> u64 {
+        crate::hash::mix(seed ^ ((len as u64) << 32) ^ addr as u64)
+    }
+
+    /// The fingerprint of an IPv6 key (halves as in [`mask6`]).
+    #[inline(always)]
+    pub const fn fingerprint6(seed: u64, len: u32, hi: u64, lo: u64) -> u64 {
+        let h = crate::hash::mix(seed ^ hi ^ (0x100 | len as u64));
+        crate::hash::mix(h.rotate_left(17) ^ lo)
+    }
+
+    /// The bucket of a fingerprint: its top bits.
+    #[inline(always)]
+    pub const fn bucket(fingerprint: u64, buckets_mask: u32) -> u32 {
+        (fingerprint >> 32) as u32 & buckets_mask
+    }
+
+    impl Key4 {
+        pub const fn fingerprint(&self, seed: u64) -> u64 {
+            fingerprint4(seed, self.len, u32::from_le_bytes(self.addr))
+        }
+    }
+
+    impl Key6 {
+        pub const fn fingerprint(&self, seed: u64) -> u64 {
+            let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = self.addr;
+            let hi = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
+            let lo = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+            fingerprint6(seed, self.len, hi, lo)
+        }
+    }
+
+    /// Slots per [`ListBucket`].
+    pub const WAYS: usize = 4;
+
+    /// A bucket of [`LIST_TABLE`](super::LIST_TABLE): one cache line.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ListBucket {
+        /// Fingerprints of the keys held; 0 is an empty slot (a key whose fingerprint is 0
+        /// goes to the overflow map).
+        pub fingerprints: [u64; WAYS],
+        /// Flags of the key in the same slot.
+        pub flags: [u32; WAYS],
+        /// Keys of this bucket held in the overflow map instead.
+        pub overflow: u32,
+        pub _pad: [u32; 3],
+    }
+    const _: () = assert!(core::mem::size_of::<ListBucket>() == 64);
 }
 
-/// Every list map, for code that walks them all.
-pub const LIST_MAPS: [&str; 8] = [
-    BLOCK4_HOST,
-    BLOCK4_NET,
-    BLOCK6_HOST,
-    BLOCK6_NET,
-    ALLOW4_HOST,
-    ALLOW4_NET,
-    ALLOW6_HOST,
-    ALLOW6_NET,
-];
-
-/// The value stored for every list entry. The kernel only asks whether a key is present.
-pub const LIST_ENTRY: u32 = 1;
-
-/// Bits of [`Settings::lists`]: a list map is looked up only when its bit is set, so empty lists
-/// cost nothing per packet. Userspace sets a bit before the first insert and clears it after
-/// the last removal.
-pub mod list_bit {
-    pub const BLOCK4_HOST: u32 = 1 << 0;
-    pub const BLOCK4_NET: u32 = 1 << 1;
-    pub const BLOCK6_HOST: u32 = 1 << 2;
-    pub const BLOCK6_NET: u32 = 1 << 3;
-    pub const ALLOW4_HOST: u32 = 1 << 4;
-    pub const ALLOW4_NET: u32 = 1 << 5;
-    pub const ALLOW6_HOST: u32 = 1 << 6;
-    pub const ALLOW6_NET: u32 = 1 << 7;
+/// One source's rate-limit state: a fingerprint of its key (`crate::hash::rate_fingerprint`)
+/// and its GCRA theoretical arrival time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateSlot {
+    pub fingerprint: u64,
+    /// Theoretical arrival time in nanoseconds of the program's clock; 0 for an empty slot,
+    /// which then behaves exactly like a new source.
+    pub tat: u64,
 }
+
+/// Slots per [`RateBucket`].
+pub const RATE_WAYS: usize = 4;
+
+/// A bucket of the rate-limit table: four slots in one cache line. A source takes whichever
+/// slot holds its fingerprint; a new source replaces the slot with the earliest arrival time,
+/// the one least likely to be over its limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    pub slots: [RateSlot; RATE_WAYS],
+}
+const _: () = assert!(core::mem::size_of::<RateBucket>() == 64);
 
 /// What the program runs with; one slot of the [`SETTINGS`] array, rewritten by the daemon at
 /// run time (no reload).
@@ -100,15 +180,25 @@ pub struct Settings {
     pub interval_ns: u64,
     /// How far ahead of now a source's theoretical arrival time may run: `interval_ns * burst`.
     pub burst_ns: u64,
+    /// Nanoseconds per kernel tick (jiffy): the program's clock is `jiffies * tick_ns`.
+    pub tick_ns: u64,
+    /// Secret seed of the list and rate-table fingerprints, random per load, so that no one
+    /// outside can aim sources at a chosen bucket.
+    pub seed: u64,
     /// Rate-limit key prefix for IPv4 sources (0..=32).
     pub prefix4: u32,
     /// Rate-limit key prefix for IPv6 sources (0..=128).
     pub prefix6: u32,
-    /// Which list maps hold entries: bits of [`list_bit`].
-    pub lists: u32,
-    pub _pad: u32,
+    /// Target lengths that hold IPv4 keys: bits of [`lists::target_bit`].
+    pub targets4: u32,
+    /// Target lengths that hold IPv6 keys.
+    pub targets6: u32,
+    /// Buckets in [`LIST_TABLE`] minus one (a power of two minus one).
+    pub list_buckets_mask: u32,
+    /// Buckets in [`RATE_STATE`] minus one (a power of two minus one).
+    pub rate_buckets_mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 56);
 
 /// Packets and bytes seen for one verdict on one CPU.
 #[repr(C)]
@@ -166,4 +256,57 @@ impl Verdict {
 mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::RateBucket {}
+    unsafe impl aya::Pod for super::lists::Key4 {}
+    unsafe impl aya::Pod for super::lists::Key6 {}
+    unsafe impl aya::Pod for super::lists::ListBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lists::*;
+    use crate::net::{mask_v4, mask_v6};
+    use proptest::prelude::*;
+
+    #[test]
+    fn targets_round_up_to_the_stride() {
+        assert_eq!(
+            [0, 1, 7, 8, 9, 24, 25, 32].map(target),
+            [0, 8, 8, 8, 16, 24, 32, 32]
+        );
+        assert_eq!(target(127), 128);
+        assert_eq!(target_bit(128), 1 << 16);
+    }
+
+    proptest! {
+        /// The program's masks on raw loads equal the byte-wise masks.
+        #[test]
+        fn raw_masks_match_byte_masks(a in any::<[u8; 4]>(), b in any::<[u8; 16]>(), len in 0u32..=128) {
+            let l4 = len.min(32);
+            let raw = u32::from_le_bytes(a) & mask4(l4);
+            prop_assert_eq!(raw.to_le_bytes(), mask_v4(a, l4));
+            let (mh, ml) = mask6(len);
+            let hi = u64::from_le_bytes(b[..8].try_into().unwrap()) & mh;
+            let lo = u64::from_le_bytes(b[8..].try_into().unwrap()) & ml;
+            let mut got = [0u8; 16];
+            got[..8].copy_from_slice(&hi.to_le_bytes());
+            got[8..].copy_from_slice(&lo.to_le_bytes());
+            prop_assert_eq!(got, mask_v6(b, len));
+        }
+
+        /// A key's fingerprint computed from its bytes equals the one the program computes
+        /// from the masked raw loads.
+        #[test]
+        fn fingerprints_agree(a in any::<[u8; 4]>(), b in any::<[u8; 16]>(), len in 0u32..=128, seed in any::<u64>()) {
+            let l4 = len.min(32);
+            let raw = u32::from_le_bytes(a) & mask4(l4);
+            let key = Key4 { len: l4, addr: raw.to_le_bytes() };
+            prop_assert_eq!(key.fingerprint(seed), fingerprint4(seed, l4, raw));
+            let (mh, ml) = mask6(len);
+            let hi = u64::from_le_bytes(b[..8].try_into().unwrap()) & mh;
+            let lo = u64::from_le_bytes(b[8..].try_into().unwrap()) & ml;
+            let key = Key6 { len, addr: mask_v6(b, len) };
+            prop_assert_eq!(key.fingerprint(seed), fingerprint6(seed, len, hi, lo));
+        }
+    }
 }

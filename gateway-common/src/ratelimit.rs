@@ -3,7 +3,7 @@
 //! A token bucket of `burst` tokens refilled at `pps` tokens per second admits exactly the
 //! packets that the generic cell rate algorithm admits with emission interval `T = 1 s / pps`
 //! and tolerance `T * burst`. GCRA keeps one `u64` per source (the theoretical arrival time,
-//! TAT) instead of a token count and a timestamp, which halves the state in the LRU map and
+//! TAT) instead of a token count and a timestamp, which halves the state per source and
 //! needs no division per packet.
 
 use crate::maps::Settings;
@@ -25,7 +25,8 @@ pub enum RateError {
 
 impl Settings {
     /// Settings that enforce `pps` packets per second with a burst of `burst` packets per
-    /// source key; `pps == 0` turns the rate limit off. `lists` starts empty.
+    /// source key; `pps == 0` turns the rate limit off. The other fields are left at zero for
+    /// the loader to fill in.
     pub fn rate(pps: u64, burst: u64, prefix4: u32, prefix6: u32) -> Result<Settings, RateError> {
         if pps > MAX_PPS {
             return Err(RateError::PpsTooHigh);
@@ -55,8 +56,7 @@ impl Settings {
             burst_ns: interval_ns * burst,
             prefix4,
             prefix6,
-            lists: 0,
-            _pad: 0,
+            ..Settings::default()
         })
     }
 

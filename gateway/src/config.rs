@@ -40,7 +40,9 @@ pub struct XdpConfig {
     pub blocklist_v6_capacity: u32,
     pub allowlist_v4_capacity: u32,
     pub allowlist_v6_capacity: u32,
-    /// How many source keys the rate limiter tracks; the least recently seen are evicted.
+    /// How many source keys the rate limiter is sized for. The table holds at least twice as
+    /// many slots, four per bucket; a new source whose bucket is full replaces the source with
+    /// the earliest arrival time there, never one over its limit.
     pub ratelimit_sources: u32,
     /// Level of the messages the XDP program itself logs (through aya-log into our log).
     pub log_level: KernelLogLevel,

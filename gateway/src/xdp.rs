@@ -1,16 +1,19 @@
 //! The XDP layer from userspace: loading the program with map sizes from the config, attaching
 //! it, and keeping its maps in step with the lists and the rate limit.
 
-use std::{collections::HashMap as StdHashMap, net::IpAddr};
+use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
     maps as names,
-    maps::{cover, list_bit},
+    maps::{
+        lists::{self, Key4, Key6, ListBucket},
+        RateBucket, RATE_WAYS,
+    },
     Counter, Settings, Verdict,
 };
 use ipnet::IpNet;
@@ -18,7 +21,6 @@ use ipnet::IpNet;
 use crate::{
     config::{XdpConfig, XdpModeConfig},
     lists::{Enforcer, ListKind},
-    net::is_host,
 };
 
 /// The XDP object file, built by build.rs.
@@ -26,131 +28,256 @@ pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The program's function name.
 pub const PROGRAM_NAME: &str = "gateway";
 
-/// The eight list maps, in the order of their bits in [`Settings::lists`].
-struct ListMaps {
-    block4_host: HashMap<MapData, [u8; 4], u32>,
-    block4_net: LpmTrie<MapData, [u8; 4], u32>,
-    block6_host: HashMap<MapData, [u8; 16], u32>,
-    block6_net: LpmTrie<MapData, [u8; 16], u32>,
-    allow4_host: HashMap<MapData, [u8; 4], u32>,
-    allow4_net: LpmTrie<MapData, [u8; 4], u32>,
-    allow6_host: HashMap<MapData, [u8; 16], u32>,
-    allow6_net: LpmTrie<MapData, [u8; 16], u32>,
+/// A key of either list map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ListKey {
+    V4(Key4),
+    V6(Key6),
 }
 
-/// The userspace side of an IPv4 coverage bitmap (see gateway_common::maps::cover): counts
-/// from which the kernel's bits are derived, so removing one of two overlapping prefixes keeps
-/// the bits the other needs.
-struct Cover4 {
-    map: Array<MapData, u64>,
-    /// Per /24: listed prefixes of length 0..=24 that cover it (at most 25, one per length).
-    /// Allocated (16 MiB) with the first such prefix.
-    full: Vec<u8>,
-    /// Per /24: listed prefixes longer than /24 inside it.
-    partial: StdHashMap<u32, u32>,
-}
+impl ListKey {
+    /// The keys a listed network is stored under (gateway_common::maps::lists): itself when
+    /// its length is a target length, else the up to 128 networks of the next target length
+    /// that make it up.
+    fn expand(net: &IpNet) -> impl Iterator<Item = ListKey> {
+        let len = u32::from(net.prefix_len());
+        let target = lists::target(len);
+        let count = 1u32 << (target - len);
+        let net = *net;
+        (0..count).map(move |i| match net {
+            IpNet::V4(n) => {
+                let step = 1u32.checked_shl(32 - target).unwrap_or(0);
+                let addr = u32::from(n.network()).wrapping_add(i.wrapping_mul(step));
+                ListKey::V4(Key4 {
+                    len: target,
+                    addr: addr.to_be_bytes(),
+                })
+            }
+            IpNet::V6(n) => {
+                let step = 1u128.checked_shl(128 - target).unwrap_or(0);
+                let addr = u128::from(n.network()).wrapping_add(u128::from(i).wrapping_mul(step));
+                ListKey::V6(Key6 {
+                    len: target,
+                    addr: addr.to_be_bytes(),
+                })
+            }
+        })
+    }
 
-impl Cover4 {
-    fn new(map: Array<MapData, u64>) -> Cover4 {
-        Cover4 {
-            map,
-            full: Vec::new(),
-            partial: StdHashMap::new(),
+    fn fingerprint(&self, seed: u64) -> u64 {
+        match self {
+            ListKey::V4(k) => k.fingerprint(seed),
+            ListKey::V6(k) => k.fingerprint(seed),
         }
     }
 
-    /// Counts `nets` (IPv4 prefixes, not hosts) in or out and rewrites the words that changed.
-    fn apply(&mut self, nets: &[IpNet], add: bool) -> Result<(), String> {
-        let mut full_ranges: Vec<(u32, u32)> = Vec::new();
-        let mut partial_words: Vec<u32> = Vec::new();
-        for net in nets {
-            let IpNet::V4(v4) = net else { continue };
-            let len = v4.prefix_len();
-            let first = cover::slash24(v4.network().octets());
-            if len <= 24 {
-                if self.full.is_empty() {
-                    self.full = vec![0u8; 1 << 24];
-                }
-                let count = 1u32 << (24 - len);
-                for c in &mut self.full[first as usize..(first + count) as usize] {
-                    *c = if add {
-                        c.saturating_add(1)
-                    } else {
-                        c.saturating_sub(1)
-                    };
-                }
-                full_ranges.push((first >> 6, (first + count - 1) >> 6));
-            } else {
-                let c = self.partial.entry(first).or_insert(0);
-                *c = if add {
-                    c.saturating_add(1)
-                } else {
-                    c.saturating_sub(1)
-                };
-                if *c == 0 {
-                    self.partial.remove(&first);
-                }
-                partial_words.push(first >> 6);
-            }
+    /// Index into [`Tables::per_target`]: IPv4 targets first, then IPv6.
+    fn target_index(&self) -> usize {
+        match self {
+            ListKey::V4(k) => (k.len / lists::STRIDE) as usize,
+            ListKey::V6(k) => V4_TARGETS + (k.len / lists::STRIDE) as usize,
         }
-        // Merge overlapping word ranges, so each word is written once.
-        full_ranges.sort_unstable();
-        let mut full_words: Vec<u32> = Vec::new();
-        for (from, to) in full_ranges {
-            let from = full_words.last().map_or(from, |last| from.max(last + 1));
-            full_words.extend(from..=to);
+    }
+}
+
+const V4_TARGETS: usize = 32 / lists::STRIDE as usize + 1;
+const V6_TARGETS: usize = 128 / lists::STRIDE as usize + 1;
+
+/// How many listed networks of each list are stored under one key: at most one per length
+/// between the previous target length and this one, so a `u8` never overflows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Refs {
+    block: u8,
+    allow: u8,
+}
+
+impl Refs {
+    fn flags(self) -> u32 {
+        let block = if self.block > 0 { lists::BLOCK } else { 0 };
+        let allow = if self.allow > 0 { lists::ALLOW } else { 0 };
+        block | allow
+    }
+
+    fn count(&mut self, kind: ListKind) -> &mut u8 {
+        match kind {
+            ListKind::Block => &mut self.block,
+            ListKind::Allow => &mut self.allow,
         }
-        partial_words.sort_unstable();
-        partial_words.dedup();
-        for word in full_words {
-            let base = (word as usize) << 6;
-            let bits = self.full[base..base + 64]
-                .iter()
-                .enumerate()
-                .fold(0u64, |acc, (i, c)| if *c > 0 { acc | 1 << i } else { acc });
-            self.map
-                .set(word, bits, 0)
-                .map_err(|e| map_error("IPv4 coverage", e))?;
+    }
+}
+
+/// Where a key is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Slot `1` of bucket `0` of the list table.
+    Slot(u32, usize),
+    /// The family's overflow map; bucket `0` counts it.
+    Overflow(u32),
+}
+
+/// The kernel's list table and overflow maps, and the userspace bookkeeping they are derived
+/// from, so that removing one of two networks stored under the same key keeps the other.
+struct Tables {
+    table: Array<MapData, ListBucket>,
+    list4: HashMap<MapData, Key4, u32>,
+    list6: HashMap<MapData, Key6, u32>,
+    keys: StdHashMap<ListKey, (Refs, Place)>,
+    /// The table's buckets that are not empty, as the kernel holds them.
+    buckets: StdHashMap<u32, ListBucket>,
+    /// Keys per target length.
+    per_target: [usize; V4_TARGETS + V6_TARGETS],
+    seed: u64,
+    buckets_mask: u32,
+}
+
+impl Tables {
+    /// Moves `key` from `old` to `new` references. On error nothing changed.
+    fn set(&mut self, key: ListKey, old: Refs, new: Refs) -> Result<(), MapError> {
+        let (was, now) = (old.flags(), new.flags());
+        let place = match self.keys.get(&key) {
+            Some((_, place)) => *place,
+            None => self.place(key),
+        };
+        if was != now {
+            self.write(key, place, was, now)?;
         }
-        for word in partial_words {
-            let bits = (0..64u32).fold(0u64, |acc, i| {
-                if self.partial.contains_key(&((word << 6) | i)) {
-                    acc | 1 << i
-                } else {
-                    acc
-                }
-            });
-            self.map
-                .set(cover::WORDS + word, bits, 0)
-                .map_err(|e| map_error("IPv4 coverage", e))?;
+        if was == 0 && now != 0 {
+            self.per_target[key.target_index()] += 1;
+        } else if was != 0 && now == 0 {
+            self.per_target[key.target_index()] -= 1;
+        }
+        if now == 0 {
+            self.keys.remove(&key);
+        } else {
+            self.keys.insert(key, (new, place));
         }
         Ok(())
     }
-}
 
-/// Which of the eight maps a net lives in: its index (and bit) in [`Settings::lists`].
-fn slot(kind: ListKind, net: &IpNet) -> usize {
-    let list = match kind {
-        ListKind::Block => 0,
-        ListKind::Allow => 4,
-    };
-    let family = match net {
-        IpNet::V4(_) => 0,
-        IpNet::V6(_) => 2,
-    };
-    list + family + usize::from(!is_host(net))
-}
+    /// Where a new key goes: a free slot of its bucket, else the overflow map.
+    fn place(&self, key: ListKey) -> Place {
+        let fingerprint = key.fingerprint(self.seed);
+        let index = lists::bucket(fingerprint, self.buckets_mask);
+        let bucket = self.buckets.get(&index).copied().unwrap_or_default();
+        // Fingerprint 0 marks an empty slot, so such a key (one IPv4 key per seed, if any)
+        // overflows.
+        match bucket.fingerprints.iter().position(|f| *f == 0) {
+            Some(slot) if fingerprint != 0 => Place::Slot(index, slot),
+            _ => Place::Overflow(index),
+        }
+    }
 
-const SLOT_BITS: [u32; 8] = [
-    list_bit::BLOCK4_HOST,
-    list_bit::BLOCK4_NET,
-    list_bit::BLOCK6_HOST,
-    list_bit::BLOCK6_NET,
-    list_bit::ALLOW4_HOST,
-    list_bit::ALLOW4_NET,
-    list_bit::ALLOW6_HOST,
-    list_bit::ALLOW6_NET,
-];
+    /// Writes `key`'s new flags (`now`, 0 to remove it) to the kernel.
+    fn write(&mut self, key: ListKey, place: Place, was: u32, now: u32) -> Result<(), MapError> {
+        match place {
+            Place::Slot(index, slot) => {
+                let mut bucket = self.buckets.get(&index).copied().unwrap_or_default();
+                bucket.fingerprints[slot] = if now == 0 {
+                    0
+                } else {
+                    key.fingerprint(self.seed)
+                };
+                bucket.flags[slot] = now;
+                self.write_bucket(index, bucket)
+            }
+            Place::Overflow(index) => {
+                // The overflow map holds the key before the bucket sends lookups there, and
+                // loses it only after.
+                let mut bucket = self.buckets.get(&index).copied().unwrap_or_default();
+                if now != 0 {
+                    match key {
+                        ListKey::V4(k) => self.list4.insert(k, now, 0),
+                        ListKey::V6(k) => self.list6.insert(k, now, 0),
+                    }?;
+                    if was == 0 {
+                        bucket.overflow += 1;
+                        if let Err(e) = self.write_bucket(index, bucket) {
+                            let _ = self.remove_overflow(key);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                } else {
+                    self.remove_overflow(key)?;
+                    bucket.overflow = bucket.overflow.saturating_sub(1);
+                    self.write_bucket(index, bucket)
+                }
+            }
+        }
+    }
+
+    fn remove_overflow(&mut self, key: ListKey) -> Result<(), MapError> {
+        let result = match key {
+            ListKey::V4(k) => self.list4.remove(&k),
+            ListKey::V6(k) => self.list6.remove(&k),
+        };
+        match result {
+            // Already gone: removing is idempotent.
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn write_bucket(&mut self, index: u32, bucket: ListBucket) -> Result<(), MapError> {
+        self.table.set(index, bucket, 0)?;
+        if bucket == ListBucket::default() {
+            self.buckets.remove(&index);
+        } else {
+            self.buckets.insert(index, bucket);
+        }
+        Ok(())
+    }
+
+    /// The `targets4` and `targets6` bits of the target lengths that hold keys.
+    fn targets(&self) -> (u32, u32) {
+        let bits = |counts: &[usize]| {
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .fold(0, |acc, (i, _)| acc | 1 << i)
+        };
+        (
+            bits(&self.per_target[..V4_TARGETS]),
+            bits(&self.per_target[V4_TARGETS..]),
+        )
+    }
+
+    /// Counts every network of `nets` in (`add`) or out of list `kind`, all or nothing.
+    fn change(&mut self, kind: ListKind, nets: &[IpNet], add: bool) -> Result<(), String> {
+        let mut journal: Vec<(ListKey, Refs)> = Vec::new();
+        let mut failure = None;
+        'nets: for net in nets {
+            for key in ListKey::expand(net) {
+                let old = self.keys.get(&key).map(|(r, _)| *r).unwrap_or_default();
+                let mut new = old;
+                let count = new.count(kind);
+                *count = if add {
+                    count.saturating_add(1)
+                } else {
+                    count.saturating_sub(1)
+                };
+                if let Err(e) = self.set(key, old, new) {
+                    let verb = if add { "insert of" } else { "removal of" };
+                    failure = Some(map_error(&format!("{} {verb} {net}", kind.name()), e));
+                    break 'nets;
+                }
+                journal.push((key, old));
+            }
+        }
+        let Some(failure) = failure else {
+            return Ok(());
+        };
+        for (key, old) in journal.into_iter().rev() {
+            let current = self.keys.get(&key).map(|(r, _)| *r).unwrap_or_default();
+            let _ = self.set(key, current, old);
+        }
+        Err(failure)
+    }
+}
 
 /// Forwards the XDP program's log records into our log. `xdp.log_level` already chose which
 /// records the program emits, so they are logged at info (warn and error as such) under the
@@ -176,15 +303,6 @@ impl log::Log for KernelLog {
     fn flush(&self) {}
 }
 
-/// The `lists` bits of the maps whose entry count is not zero.
-fn list_bits(counts: &[usize; 8]) -> u32 {
-    counts
-        .iter()
-        .zip(SLOT_BITS)
-        .filter(|(n, _)| **n > 0)
-        .fold(0, |acc, (_, bit)| acc | bit)
-}
-
 /// The attach mode actually obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachedMode {
@@ -204,15 +322,11 @@ impl AttachedMode {
 /// The loaded XDP program and its maps.
 pub struct Kernel {
     ebpf: Ebpf,
-    lists: ListMaps,
-    block4_cover: Cover4,
-    allow4_cover: Cover4,
+    tables: Tables,
     settings_map: Array<MapData, Settings>,
     verdicts: PerCpuArray<MapData, Counter>,
     /// What the SETTINGS map holds.
     settings: Settings,
-    /// Entries per list map, to keep the `lists` bits right.
-    counts: [usize; 8],
     /// Interface, mode and link while attached.
     attached: Option<(String, AttachedMode, XdpLinkId)>,
     logger: Option<aya_log::EbpfLogger<KernelLog>>,
@@ -239,17 +353,32 @@ impl Kernel {
     /// Loads (but does not attach) the program with map sizes from `config`. Needs CAP_BPF
     /// (root).
     pub fn load(config: &XdpConfig) -> Result<Kernel, String> {
+        Kernel::load_sized(config, Sizes::of(config))
+    }
+
+    /// [`Kernel::load`] with a list table of `buckets` buckets (a power of two), whatever the
+    /// capacities: tests use a tiny table to send most keys to the overflow maps.
+    #[doc(hidden)]
+    pub fn load_with_list_buckets(config: &XdpConfig, buckets: u32) -> Result<Kernel, String> {
+        if !buckets.is_power_of_two() {
+            return Err(format!("{buckets} buckets: not a power of two"));
+        }
+        Kernel::load_sized(
+            config,
+            Sizes {
+                list_buckets: buckets,
+                ..Sizes::of(config)
+            },
+        )
+    }
+
+    fn load_sized(config: &XdpConfig, sizes: Sizes) -> Result<Kernel, String> {
         let level = config.log_level.aya_level();
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::BLOCK4_HOST, config.blocklist_v4_capacity)
-            .map_max_entries(names::BLOCK4_NET, config.blocklist_v4_capacity)
-            .map_max_entries(names::BLOCK6_HOST, config.blocklist_v6_capacity)
-            .map_max_entries(names::BLOCK6_NET, config.blocklist_v6_capacity)
-            .map_max_entries(names::ALLOW4_HOST, config.allowlist_v4_capacity)
-            .map_max_entries(names::ALLOW4_NET, config.allowlist_v4_capacity)
-            .map_max_entries(names::ALLOW6_HOST, config.allowlist_v6_capacity)
-            .map_max_entries(names::ALLOW6_NET, config.allowlist_v6_capacity)
-            .map_max_entries(names::RATE_STATE, config.ratelimit_sources)
+            .map_max_entries(names::LIST_TABLE, sizes.list_buckets)
+            .map_max_entries(names::LIST4, sizes.list4)
+            .map_max_entries(names::LIST6, sizes.list6)
+            .map_max_entries(names::RATE_STATE, sizes.rate_buckets)
             .override_global(aya_log::LEVEL, &level, false)
             .load(PROGRAM)
             .map_err(|e| {
@@ -281,18 +410,17 @@ impl Kernel {
                 .ok_or_else(|| format!("map {name} missing from the XDP object"))?;
             T::try_from(map).map_err(|e| format!("map {name}: {e}"))
         }
-        let lists = ListMaps {
-            block4_host: take(&mut ebpf, names::BLOCK4_HOST)?,
-            block4_net: take(&mut ebpf, names::BLOCK4_NET)?,
-            block6_host: take(&mut ebpf, names::BLOCK6_HOST)?,
-            block6_net: take(&mut ebpf, names::BLOCK6_NET)?,
-            allow4_host: take(&mut ebpf, names::ALLOW4_HOST)?,
-            allow4_net: take(&mut ebpf, names::ALLOW4_NET)?,
-            allow6_host: take(&mut ebpf, names::ALLOW6_HOST)?,
-            allow6_net: take(&mut ebpf, names::ALLOW6_NET)?,
+        let seed = random_seed()?;
+        let tables = Tables {
+            table: take(&mut ebpf, names::LIST_TABLE)?,
+            list4: take(&mut ebpf, names::LIST4)?,
+            list6: take(&mut ebpf, names::LIST6)?,
+            keys: StdHashMap::new(),
+            buckets: StdHashMap::new(),
+            per_target: [0; V4_TARGETS + V6_TARGETS],
+            seed,
+            buckets_mask: sizes.list_buckets - 1,
         };
-        let block4_cover = Cover4::new(take(&mut ebpf, names::BLOCK4_COVER)?);
-        let allow4_cover = Cover4::new(take(&mut ebpf, names::ALLOW4_COVER)?);
         let settings_map: Array<MapData, Settings> = take(&mut ebpf, names::SETTINGS)?;
         let verdicts = take(&mut ebpf, names::VERDICTS)?;
         let program: &mut Xdp = ebpf
@@ -305,13 +433,16 @@ impl Kernel {
             .map_err(|e| format!("the kernel refused the XDP program: {e}"))?;
         let mut kernel = Kernel {
             ebpf,
-            lists,
-            block4_cover,
-            allow4_cover,
+            tables,
             settings_map,
             verdicts,
-            settings: Settings::default(),
-            counts: [0; 8],
+            settings: Settings {
+                tick_ns: tick_ns()?,
+                seed,
+                list_buckets_mask: sizes.list_buckets - 1,
+                rate_buckets_mask: sizes.rate_buckets - 1,
+                ..Settings::default()
+            },
             attached: None,
             logger,
         };
@@ -406,14 +537,16 @@ impl Kernel {
         self.logger.as_ref().map(|l| l.as_fd())
     }
 
-    /// Sets the rate limit (keeping the list bits). Takes effect on the next packet.
+    /// Sets the rate limit: the rate fields of `rate` (gateway_common's `Settings::rate`).
+    /// Takes effect on the next packet.
     pub fn set_rate(&mut self, rate: Settings) -> Result<(), String> {
-        let new = Settings {
-            lists: self.settings.lists,
-            _pad: 0,
-            ..rate
-        };
-        self.write_settings(new)
+        self.write_settings(Settings {
+            interval_ns: rate.interval_ns,
+            burst_ns: rate.burst_ns,
+            prefix4: rate.prefix4,
+            prefix6: rate.prefix6,
+            ..self.settings
+        })
     }
 
     pub fn settings(&self) -> Settings {
@@ -426,6 +559,34 @@ impl Kernel {
             .map_err(|e| map_error("SETTINGS", e))?;
         self.settings = new;
         Ok(())
+    }
+
+    /// How many list keys the kernel holds in the table and how many in the overflow maps.
+    pub fn list_keys(&self) -> (usize, usize) {
+        let overflowed = self
+            .tables
+            .keys
+            .values()
+            .filter(|(_, place)| matches!(place, Place::Overflow(_)))
+            .count();
+        (self.tables.keys.len() - overflowed, overflowed)
+    }
+
+    /// How many sources the rate limiter tracks now: one read per bucket, so not for hot
+    /// paths.
+    pub fn tracked_sources(&self) -> Result<usize, String> {
+        let map = self
+            .ebpf
+            .map(names::RATE_STATE)
+            .ok_or_else(|| format!("map {} missing", names::RATE_STATE))?;
+        let table: Array<&MapData, RateBucket> =
+            Array::try_from(map).map_err(|e| map_error(names::RATE_STATE, e))?;
+        let mut tracked = 0;
+        for bucket in table.iter() {
+            let bucket = bucket.map_err(|e| map_error(names::RATE_STATE, e))?;
+            tracked += bucket.slots.iter().filter(|s| s.tat != 0).count();
+        }
+        Ok(tracked)
     }
 
     /// The verdict counters, summed over CPUs, indexed by [`Verdict`].
@@ -444,156 +605,115 @@ impl Kernel {
         Ok(out)
     }
 
-    fn insert_one(&mut self, slot: usize, net: &IpNet) -> Result<(), MapError> {
-        let v = names::LIST_ENTRY;
-        let m = &mut self.lists;
-        match (slot, net.addr()) {
-            (0, IpAddr::V4(a)) => m.block4_host.insert(a.octets(), v, 0),
-            (1, IpAddr::V4(a)) => {
-                m.block4_net
-                    .insert(&Key::new(net.prefix_len().into(), a.octets()), v, 0)
-            }
-            (2, IpAddr::V6(a)) => m.block6_host.insert(a.octets(), v, 0),
-            (3, IpAddr::V6(a)) => {
-                m.block6_net
-                    .insert(&Key::new(net.prefix_len().into(), a.octets()), v, 0)
-            }
-            (4, IpAddr::V4(a)) => m.allow4_host.insert(a.octets(), v, 0),
-            (5, IpAddr::V4(a)) => {
-                m.allow4_net
-                    .insert(&Key::new(net.prefix_len().into(), a.octets()), v, 0)
-            }
-            (6, IpAddr::V6(a)) => m.allow6_host.insert(a.octets(), v, 0),
-            (7, IpAddr::V6(a)) => {
-                m.allow6_net
-                    .insert(&Key::new(net.prefix_len().into(), a.octets()), v, 0)
-            }
-            _ => unreachable!("slot() matches the address family"),
-        }
-    }
-
-    fn remove_one(&mut self, slot: usize, net: &IpNet) -> Result<(), MapError> {
-        let m = &mut self.lists;
-        let result = match (slot, net.addr()) {
-            (0, IpAddr::V4(a)) => m.block4_host.remove(&a.octets()),
-            (1, IpAddr::V4(a)) => m
-                .block4_net
-                .remove(&Key::new(net.prefix_len().into(), a.octets())),
-            (2, IpAddr::V6(a)) => m.block6_host.remove(&a.octets()),
-            (3, IpAddr::V6(a)) => m
-                .block6_net
-                .remove(&Key::new(net.prefix_len().into(), a.octets())),
-            (4, IpAddr::V4(a)) => m.allow4_host.remove(&a.octets()),
-            (5, IpAddr::V4(a)) => m
-                .allow4_net
-                .remove(&Key::new(net.prefix_len().into(), a.octets())),
-            (6, IpAddr::V6(a)) => m.allow6_host.remove(&a.octets()),
-            (7, IpAddr::V6(a)) => m
-                .allow6_net
-                .remove(&Key::new(net.prefix_len().into(), a.octets())),
-            _ => unreachable!("slot() matches the address family"),
-        };
-        match result {
-            // Already gone: removing is idempotent.
-            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    /// Sets the `lists` bit of every map that holds entries, clears the others.
-    fn sync_list_bits(&mut self) -> Result<(), String> {
-        let lists = list_bits(&self.counts);
-        if lists != self.settings.lists {
+    /// Sets the `targets4`/`targets6` bits of the target lengths that hold keys.
+    fn sync_targets(&mut self) -> Result<(), String> {
+        let (targets4, targets6) = self.tables.targets();
+        if (targets4, targets6) != (self.settings.targets4, self.settings.targets6) {
             self.write_settings(Settings {
-                lists,
+                targets4,
+                targets6,
                 ..self.settings
             })?;
         }
         Ok(())
     }
-}
 
-impl Kernel {
-    fn cover(&mut self, kind: ListKind) -> &mut Cover4 {
-        match kind {
-            ListKind::Block => &mut self.block4_cover,
-            ListKind::Allow => &mut self.allow4_cover,
+    fn change(&mut self, kind: ListKind, nets: &[IpNet], add: bool) -> Result<(), String> {
+        self.tables.change(kind, nets, add)?;
+        if let Err(e) = self.sync_targets() {
+            let _ = self.tables.change(kind, nets, !add);
+            return Err(e);
         }
+        Ok(())
     }
-}
-
-/// The IPv4 prefixes (not hosts) among `nets`: what the coverage bitmaps track.
-fn v4_prefixes(nets: &[IpNet]) -> Vec<IpNet> {
-    nets.iter()
-        .filter(|n| matches!(n, IpNet::V4(_)) && !is_host(n))
-        .copied()
-        .collect()
 }
 
 impl Enforcer for Kernel {
     fn insert(&mut self, kind: ListKind, nets: &[IpNet]) -> Result<(), String> {
-        // Bits first: a map's entries only matter once the program looks it up.
-        let mut wanted = self.counts;
-        for net in nets {
-            wanted[slot(kind, net)] += 1;
-        }
-        let previous = self.settings;
-        self.write_settings(Settings {
-            lists: self.settings.lists | list_bits(&wanted),
-            ..self.settings
-        })?;
-        for (i, net) in nets.iter().enumerate() {
-            if let Err(e) = self.insert_one(slot(kind, net), net) {
-                for done in &nets[..i] {
-                    let _ = self.remove_one(slot(kind, done), done);
-                }
-                let _ = self.write_settings(previous);
-                return Err(map_error(&format!("{} insert of {net}", kind.name()), e));
-            }
-        }
-        // The trie holds the prefixes before the bitmap sends lookups to it.
-        let prefixes = v4_prefixes(nets);
-        if !prefixes.is_empty() {
-            if let Err(e) = self.cover(kind).apply(&prefixes, true) {
-                let _ = self.cover(kind).apply(&prefixes, false);
-                for done in nets {
-                    let _ = self.remove_one(slot(kind, done), done);
-                }
-                let _ = self.write_settings(previous);
-                return Err(e);
-            }
-        }
-        self.counts = wanted;
-        Ok(())
+        self.change(kind, nets, true)
     }
 
     fn remove(&mut self, kind: ListKind, nets: &[IpNet]) -> Result<(), String> {
-        // The bitmap stops sending lookups to the trie before the prefixes leave it.
-        let prefixes = v4_prefixes(nets);
-        if !prefixes.is_empty() {
-            if let Err(e) = self.cover(kind).apply(&prefixes, false) {
-                let _ = self.cover(kind).apply(&prefixes, true);
-                return Err(e);
-            }
-        }
-        for (i, net) in nets.iter().enumerate() {
-            if let Err(e) = self.remove_one(slot(kind, net), net) {
-                for done in &nets[..i] {
-                    let _ = self.insert_one(slot(kind, done), done);
-                }
-                let _ = self.cover(kind).apply(&prefixes, true);
-                return Err(map_error(&format!("{} removal of {net}", kind.name()), e));
-            }
-        }
-        for net in nets {
-            let s = slot(kind, net);
-            self.counts[s] = self.counts[s].saturating_sub(1);
-        }
-        self.sync_list_bits()
+        self.change(kind, nets, false)
     }
+}
+
+/// Map sizes derived from the config.
+struct Sizes {
+    list_buckets: u32,
+    list4: u32,
+    list6: u32,
+    rate_buckets: u32,
+}
+
+impl Sizes {
+    fn of(config: &XdpConfig) -> Sizes {
+        // Keys the lists can take: a network whose length is not a multiple of 8 takes more
+        // than one (see gateway_common::maps::lists).
+        let keys4 = config
+            .blocklist_v4_capacity
+            .saturating_add(config.allowlist_v4_capacity);
+        let keys6 = config
+            .blocklist_v6_capacity
+            .saturating_add(config.allowlist_v6_capacity);
+        // One to two slots per key: with the lists full, a few percent of keys overflow.
+        let keys = u64::from(keys4) + u64::from(keys6);
+        let list_buckets = keys
+            .div_ceil(lists::WAYS as u64)
+            .next_power_of_two()
+            .min(1 << 30) as u32;
+        // The overflow maps hold only keys whose bucket was full; a hash map's bucket array
+        // is allocated for its capacity, so they get a quarter of the keys, enough for any
+        // fill short of pathological.
+        let overflow = |keys: u32| (keys / 4).max(4096).min(keys);
+        let (list4, list6) = (overflow(keys4), overflow(keys6));
+        // Four slots per bucket, and at least twice the slots asked for: when that many
+        // sources are tracked, under 4% of them lose their slot to a new source.
+        let rate_buckets = config
+            .ratelimit_sources
+            .div_ceil(RATE_WAYS as u32 / 2)
+            .next_power_of_two();
+        Sizes {
+            list_buckets,
+            list4,
+            list6,
+            rate_buckets,
+        }
+    }
+}
+
+/// Nanoseconds per kernel tick: the resolution of the coarse clocks is one jiffy.
+fn tick_ns() -> Result<u64, String> {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes one timespec.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return Err(format!(
+            "cannot read the kernel tick length: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+    // HZ is between 100 and 1000 on every kernel build.
+    if !(1_000_000..=10_000_000).contains(&ns) {
+        return Err(format!("unexpected kernel tick length of {ns} ns"));
+    }
+    Ok(ns)
+}
+
+fn random_seed() -> Result<u64, String> {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into the buffer.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if got != seed.len() as isize {
+        return Err(format!(
+            "cannot get a random seed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(u64::from_ne_bytes(seed))
 }
 
 impl Drop for Kernel {

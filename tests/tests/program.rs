@@ -209,7 +209,7 @@ fn blocked4(k: &mut Kernel, addr: Ipv4Addr) -> bool {
 }
 
 #[test]
-fn ipv4_prefix_coverage_follows_adds_and_removals() {
+fn ipv4_prefixes_follow_adds_and_removals() {
     let mut k = kernel();
     let n = |s: &str| nets(&[s]);
     k.insert(ListKind::Block, &n("10.0.0.0/8")).unwrap();
@@ -249,10 +249,35 @@ fn ipv4_prefix_coverage_follows_adds_and_removals() {
 }
 
 /// Random prefixes in and out, checked against `IpNet::contains` on random and boundary
-/// addresses: the kernel's answer (bitmap plus trie plus host map) matches the list.
+/// addresses: the kernel's answer (list table plus overflow maps) matches the list.
 #[test]
 fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
-    let mut k = kernel();
+    let (in_table, overflowed) = agree_with_model(&mut kernel());
+    assert!(in_table > 0, "nothing was listed at the end");
+    println!("default table: {in_table} keys in the table, {overflowed} overflowed");
+}
+
+/// The same with a list table of 4 buckets (16 slots): nearly every key overflows, and keys
+/// move in and out of the table as slots free up.
+#[test]
+fn lists_agree_with_the_model_when_buckets_overflow() {
+    let config = XdpConfig {
+        blocklist_v4_capacity: 1000,
+        blocklist_v6_capacity: 1000,
+        ratelimit_sources: 1000,
+        ..XdpConfig::default()
+    };
+    let mut k = Kernel::load_with_list_buckets(&config, 4).expect("load (root?)");
+    let (in_table, overflowed) = agree_with_model(&mut k);
+    assert!(in_table <= 16, "{in_table} keys in 16 slots");
+    assert!(overflowed > 100, "only {overflowed} keys overflowed");
+}
+
+/// Runs 30 rounds of random changes to both lists, checking the kernel's verdict for boundary
+/// and random addresses against the model after each (allowlist wins, then blocklist, else
+/// pass), and returns where the kernel kept its keys at the end. Then empties both lists and
+/// checks that nothing is left.
+fn agree_with_model(k: &mut Kernel) -> (usize, usize) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand = move || {
         seed ^= seed << 13;
@@ -260,17 +285,18 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
         seed ^= seed << 17;
         seed
     };
-    let mut listed: Vec<ipnet::IpNet> = Vec::new();
+    let mut listed: Vec<(ListKind, ipnet::IpNet)> = Vec::new();
+    let mut at_end = (0, 0);
     for round in 0..30 {
         // Mostly inside 10.0.0.0/12 and 2001:db8::/44 so prefixes overlap.
         for _ in 0..20 {
             let r = rand();
             let net = if r % 2 == 0 {
-                let len = [8u8, 12, 16, 20, 23, 24, 25, 28, 31, 32][(r >> 8) as usize % 10];
+                let len = [0u8, 7, 8, 12, 16, 20, 23, 24, 25, 28, 31, 32][(r >> 8) as usize % 12];
                 let addr = Ipv4Addr::from(0x0a00_0000 | ((r >> 16) as u32 & 0x000f_ffff));
                 ipnet::IpNet::V4(ipnet::Ipv4Net::new(addr, len).unwrap().trunc())
             } else {
-                let len = [32u8, 44, 48, 56, 64, 96, 127, 128][(r >> 8) as usize % 8];
+                let len = [1u8, 32, 44, 48, 56, 64, 65, 96, 127, 128][(r >> 8) as usize % 10];
                 let low = u128::from((r >> 16) & 0xf_ffff) << 64 | u128::from(rand());
                 let addr = Ipv6Addr::from(
                     0x2001_0db8_0000_0000_0000_0000_0000_0000u128
@@ -278,12 +304,21 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
                 );
                 ipnet::IpNet::V6(ipnet::Ipv6Net::new(addr, len).unwrap().trunc())
             };
-            if let Some(i) = listed.iter().position(|n| *n == net) {
-                k.remove(ListKind::Block, &[net]).unwrap();
+            // Very short prefixes would cover every probe: keep them rare.
+            if net.prefix_len() < 8 && rand() % 4 != 0 {
+                continue;
+            }
+            let kind = if rand() % 4 == 0 {
+                ListKind::Allow
+            } else {
+                ListKind::Block
+            };
+            if let Some(i) = listed.iter().position(|e| *e == (kind, net)) {
+                k.remove(kind, &[net]).unwrap();
                 listed.remove(i);
             } else {
-                k.insert(ListKind::Block, &[net]).unwrap();
-                listed.push(net);
+                k.insert(kind, &[net]).unwrap();
+                listed.push((kind, net));
             }
         }
         // Remove a few at random too.
@@ -291,11 +326,11 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
             if listed.is_empty() {
                 break;
             }
-            let net = listed.remove(rand() as usize % listed.len());
-            k.remove(ListKind::Block, &[net]).unwrap();
+            let (kind, net) = listed.remove(rand() as usize % listed.len());
+            k.remove(kind, &[net]).unwrap();
         }
         let mut probes: Vec<IpAddr> = Vec::new();
-        for net in &listed {
+        for (_, net) in &listed {
             probes.push(net.network());
             probes.push(net.broadcast());
         }
@@ -310,13 +345,88 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
             )));
         }
         for probe in probes {
-            let expected = listed.iter().any(|n| n.contains(&probe));
-            let frame = match probe {
-                IpAddr::V4(a) => frames::udp4_64(a),
-                IpAddr::V6(a) => frames::udp6_64(a),
+            let covered = |kind| listed.iter().any(|(k, n)| *k == kind && n.contains(&probe));
+            let expected = if covered(ListKind::Allow) {
+                Verdict::Allowlisted
+            } else if covered(ListKind::Block) {
+                Verdict::DroppedBlocklist
+            } else {
+                Verdict::Passed
             };
-            let got = run(&mut k, &frame) == XDP_DROP;
-            assert_eq!(got, expected, "round {round}: {probe} (listed: {listed:?})");
+            assert_eq!(
+                verdict(k, probe),
+                expected,
+                "round {round}: {probe} (listed: {listed:?})"
+            );
         }
+        at_end = k.list_keys();
     }
+    for (kind, net) in listed.drain(..) {
+        k.remove(kind, &[net]).unwrap();
+    }
+    assert_eq!(k.list_keys(), (0, 0), "keys left after removing everything");
+    for probe in ["10.0.0.0", "10.15.255.255", "2001:db8::", "2001:db8:f::1"] {
+        assert_eq!(verdict(k, probe.parse().unwrap()), Verdict::Passed);
+    }
+    at_end
+}
+
+/// The verdict the kernel counts for one frame from `source`.
+fn verdict(k: &mut Kernel, source: IpAddr) -> Verdict {
+    let frame = match source {
+        IpAddr::V4(a) => frames::udp4_64(a),
+        IpAddr::V6(a) => frames::udp6_64(a),
+    };
+    let before = k.counters().unwrap();
+    run(k, &frame);
+    let after = k.counters().unwrap();
+    let grew: Vec<Verdict> = Verdict::ALL
+        .into_iter()
+        .filter(|v| after[*v as usize].packets > before[*v as usize].packets)
+        .collect();
+    assert_eq!(grew.len(), 1, "{source}: counted as {grew:?}");
+    grew[0]
+}
+
+/// A rate table of one bucket (four slots): a churn of one-packet sources replaces one another,
+/// never the source that is over its limit, and the table never tracks more than it holds.
+#[test]
+fn a_limited_source_survives_a_churn_of_new_sources() {
+    let config = XdpConfig {
+        blocklist_v4_capacity: 1000,
+        blocklist_v6_capacity: 1000,
+        ratelimit_sources: 2,
+        ..XdpConfig::default()
+    };
+    let mut k = Kernel::load(&config).expect("load (root?)");
+    let rate = RateConfig {
+        pps: 1,
+        burst: 2,
+        prefix4: 32,
+        prefix6: 128,
+    };
+    k.set_rate(rate.settings().unwrap()).unwrap();
+    let limited = frames::udp4_64(v4("198.18.9.9"));
+    let got: Vec<u32> = (0..3).map(|_| run(&mut k, &limited)).collect();
+    assert_eq!(got, [XDP_PASS, XDP_PASS, XDP_DROP]);
+    for i in 0..200u32 {
+        let source = if i % 2 == 0 {
+            IpAddr::V4(Ipv4Addr::from(0xc612_0a00 + i))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(
+                0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+            ))
+        };
+        let frame = match source {
+            IpAddr::V4(a) => frames::udp4_64(a),
+            IpAddr::V6(a) => frames::udp6_64(a),
+        };
+        assert_eq!(run(&mut k, &frame), XDP_PASS, "new source {source}");
+    }
+    assert!(k.tracked_sources().unwrap() <= 4);
+    assert_eq!(
+        run(&mut k, &limited),
+        XDP_DROP,
+        "the limited source lost its state to the churn"
+    );
 }

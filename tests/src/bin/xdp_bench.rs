@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use aya::{
-    maps::{HashMap, Map, MapData, MapInfo, PerCpuHashMap, PerCpuValues},
+    maps::{Map, MapData, MapInfo, PerCpuHashMap, PerCpuValues},
     programs::{ProgramInfo, TestRun as _, TestRunOptions, Xdp},
     util::nr_cpus,
     Pod,
@@ -47,7 +47,6 @@ use gateway::{
     xdp::Kernel,
 };
 use gateway_common::{
-    maps::RATE_STATE,
     ratelimit::{MAX_BURST, MAX_PPS},
     Verdict,
 };
@@ -121,7 +120,7 @@ struct Options {
     #[arg(long)]
     repeat: Option<u32>,
     /// Rounds; each measures every path once, ours and the reference alternating.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Development mode: allows --repeat below 1,000,000. Not for published numbers.
     #[arg(long)]
@@ -428,10 +427,11 @@ impl Ours {
             "{passed} of {} first frames counted as passed",
             2 * TRACKED
         );
-        let rate_state_entries = count_rate_state(kernel.program_mut())?;
+        let rate_state_entries = kernel.tracked_sources().map_err(text_error)?;
+        // A four-way table: a few sources whose bucket filled up replaced one another.
         ensure!(
-            rate_state_entries >= 2 * TRACKED as usize,
-            "{RATE_STATE} holds {rate_state_entries} sources after {} were sent a frame",
+            rate_state_entries >= (2 * TRACKED as usize) * 99 / 100,
+            "the rate limiter tracks {rate_state_entries} sources after {} were sent a frame",
             2 * TRACKED
         );
         eprintln!(
@@ -488,24 +488,6 @@ impl Ours {
         );
         Ok(ns)
     }
-}
-
-/// How many source keys our rate-limit map holds.
-fn count_rate_state(program: &Xdp) -> Result<usize> {
-    let ids = program
-        .info()
-        .context("our program's info")?
-        .map_ids()
-        .context("our program's maps")?
-        .unwrap_or_default();
-    for id in ids {
-        if MapInfo::from_id(id)?.name_as_str() == Some(RATE_STATE) {
-            let map: HashMap<MapData, [u8; 16], u64> =
-                Map::from_map_data(MapData::from_id(id)?)?.try_into()?;
-            return Ok(map.keys().collect::<Result<Vec<_>, _>>()?.len());
-        }
-    }
-    bail!("our program has no {RATE_STATE} map")
 }
 
 /// Runs `program args`, returning its standard output; the error names the command and carries
