@@ -20,10 +20,13 @@ pub const VERDICTS: &str = "VERDICTS";
 
 /// How the blocklist and the allowlist are laid out for the kernel.
 ///
-/// Every listed network is stored under keys whose prefix length is a multiple of
-/// [`STRIDE`](lists::STRIDE) (a "target" length): a network of length `len` becomes the
-/// `2^(target(len) - len)` networks of length `target(len)` that make it up (at most 128). A
-/// key carries the [`BLOCK`](lists::BLOCK) and [`ALLOW`](lists::ALLOW) flags of every listed
+/// Every listed network is stored under keys whose prefix length is a multiple of the family's
+/// stride ([`STRIDE4`](lists::STRIDE4) = 4, [`STRIDE6`](lists::STRIDE6) = 8), a "target"
+/// length: a network of length `len` becomes the `2^(target - len)` networks of the next
+/// target length that make it up (at most 8 for IPv4, 128 for IPv6). The strides trade keys
+/// per network against lookups per packet (one per target length in use: at most 9 for IPv4,
+/// 17 for IPv6); IPv4 feeds are full of prefixes of every length, IPv6 feeds mostly use
+/// lengths that are multiples of 8 or close to them. A key carries the [`BLOCK`](lists::BLOCK) and [`ALLOW`](lists::ALLOW) flags of every listed
 /// network stored under it.
 ///
 /// Keys live in [`LIST_TABLE`](super::LIST_TABLE), a four-way hash table in an array: a key's
@@ -44,8 +47,10 @@ pub mod lists {
     pub const BLOCK: u32 = 1;
     /// The source is on the allowlist (wins over [`BLOCK`]).
     pub const ALLOW: u32 = 2;
-    /// Target prefix lengths are multiples of this.
-    pub const STRIDE: u32 = 8;
+    /// IPv4 target prefix lengths are multiples of this.
+    pub const STRIDE4: u32 = 4;
+    /// IPv6 target prefix lengths are multiples of this.
+    pub const STRIDE6: u32 = 8;
 
     /// An IPv4 key: a target length and the address masked to it (network byte order).
     #[repr(C)]
@@ -63,16 +68,28 @@ pub mod lists {
         pub addr: [u8; 16],
     }
 
-    /// The target length a network of length `len` is stored at.
+    /// The target length an IPv4 network of length `len` is stored at.
     #[inline(always)]
-    pub const fn target(len: u32) -> u32 {
-        len.div_ceil(STRIDE) * STRIDE
+    pub const fn target4(len: u32) -> u32 {
+        len.div_ceil(STRIDE4) * STRIDE4
     }
 
-    /// The bit of a target length in `Settings::targets4` / `targets6`.
+    /// The target length an IPv6 network of length `len` is stored at.
     #[inline(always)]
-    pub const fn target_bit(target: u32) -> u32 {
-        1 << (target / STRIDE)
+    pub const fn target6(len: u32) -> u32 {
+        len.div_ceil(STRIDE6) * STRIDE6
+    }
+
+    /// The bit of an IPv4 target length in `Settings::targets4`.
+    #[inline(always)]
+    pub const fn target_bit4(target: u32) -> u32 {
+        1 << (target / STRIDE4)
+    }
+
+    /// The bit of an IPv6 target length in `Settings::targets6`.
+    #[inline(always)]
+    pub const fn target_bit6(target: u32) -> u32 {
+        1 << (target / STRIDE6)
     }
 
     /// The mask of a `len`-bit IPv4 prefix, for an address read as a little-endian `u32`
@@ -189,9 +206,9 @@ pub struct Settings {
     pub prefix4: u32,
     /// Rate-limit key prefix for IPv6 sources (0..=128).
     pub prefix6: u32,
-    /// Target lengths that hold IPv4 keys: bits of [`lists::target_bit`].
+    /// Target lengths that hold IPv4 keys: bits of [`lists::target_bit4`].
     pub targets4: u32,
-    /// Target lengths that hold IPv6 keys.
+    /// Target lengths that hold IPv6 keys: bits of [`lists::target_bit6`].
     pub targets6: u32,
     /// Buckets in [`LIST_TABLE`] minus one (a power of two minus one).
     pub list_buckets_mask: u32,
@@ -271,11 +288,15 @@ mod tests {
     #[test]
     fn targets_round_up_to_the_stride() {
         assert_eq!(
-            [0, 1, 7, 8, 9, 24, 25, 32].map(target),
-            [0, 8, 8, 8, 16, 24, 32, 32]
+            [0, 1, 4, 5, 8, 22, 25, 32].map(target4),
+            [0, 4, 4, 8, 8, 24, 28, 32]
         );
-        assert_eq!(target(127), 128);
-        assert_eq!(target_bit(128), 1 << 16);
+        assert_eq!(
+            [0, 1, 7, 8, 9, 48, 65, 127, 128].map(target6),
+            [0, 8, 8, 8, 16, 48, 72, 128, 128]
+        );
+        assert_eq!(target_bit4(32), 1 << 8);
+        assert_eq!(target_bit6(128), 1 << 16);
     }
 
     proptest! {

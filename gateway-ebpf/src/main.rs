@@ -192,7 +192,7 @@ fn find(s: &Settings, fingerprint: u64) -> Found {
 /// its network-order bytes), or 0. `LEN` is a constant, so each call is straight-line code.
 #[inline(always)]
 fn probe4<const LEN: u32>(s: &Settings, addr: u32) -> u32 {
-    if s.targets4 & lists::target_bit(LEN) == 0 {
+    if s.targets4 & lists::target_bit4(LEN) == 0 {
         return 0;
     }
     let masked = addr & lists::mask4(LEN);
@@ -214,7 +214,7 @@ fn probe4<const LEN: u32>(s: &Settings, addr: u32) -> u32 {
 /// little-endian.
 #[inline(always)]
 fn probe6<const LEN: u32>(s: &Settings, hi: u64, lo: u64) -> u32 {
-    if s.targets6 & lists::target_bit(LEN) == 0 {
+    if s.targets6 & lists::target_bit6(LEN) == 0 {
         return 0;
     }
     let (mask_hi, mask_lo) = lists::mask6(LEN);
@@ -249,7 +249,7 @@ macro_rules! union_until_allowed {
 /// The list flags of an IPv4 source: every listed network that contains it.
 #[inline(always)]
 fn listed4(s: &Settings, addr: u32) -> u32 {
-    union_until_allowed!(probe4, (s, addr), 32, 24, 16, 8, 0)
+    union_until_allowed!(probe4, (s, addr), 32, 28, 24, 20, 16, 12, 8, 4, 0)
 }
 
 /// The list flags of an IPv6 source.

@@ -37,11 +37,14 @@ enum ListKey {
 
 impl ListKey {
     /// The keys a listed network is stored under (gateway_common::maps::lists): itself when
-    /// its length is a target length, else the up to 128 networks of the next target length
-    /// that make it up.
+    /// its length is a target length, else the networks of the next target length that make
+    /// it up (up to 8 for IPv4, 128 for IPv6).
     fn expand(net: &IpNet) -> impl Iterator<Item = ListKey> {
         let len = u32::from(net.prefix_len());
-        let target = lists::target(len);
+        let target = match net {
+            IpNet::V4(_) => lists::target4(len),
+            IpNet::V6(_) => lists::target6(len),
+        };
         let count = 1u32 << (target - len);
         let net = *net;
         (0..count).map(move |i| match net {
@@ -74,14 +77,14 @@ impl ListKey {
     /// Index into [`Tables::per_target`]: IPv4 targets first, then IPv6.
     fn target_index(&self) -> usize {
         match self {
-            ListKey::V4(k) => (k.len / lists::STRIDE) as usize,
-            ListKey::V6(k) => V4_TARGETS + (k.len / lists::STRIDE) as usize,
+            ListKey::V4(k) => (k.len / lists::STRIDE4) as usize,
+            ListKey::V6(k) => V4_TARGETS + (k.len / lists::STRIDE6) as usize,
         }
     }
 }
 
-const V4_TARGETS: usize = 32 / lists::STRIDE as usize + 1;
-const V6_TARGETS: usize = 128 / lists::STRIDE as usize + 1;
+const V4_TARGETS: usize = 32 / lists::STRIDE4 as usize + 1;
+const V6_TARGETS: usize = 128 / lists::STRIDE6 as usize + 1;
 
 /// How many listed networks of each list are stored under one key: at most one per length
 /// between the previous target length and this one, so a `u8` never overflows.
@@ -648,7 +651,7 @@ struct Sizes {
 
 impl Sizes {
     fn of(config: &XdpConfig) -> Sizes {
-        // Keys the lists can take: a network whose length is not a multiple of 8 takes more
+        // Keys the lists can take: a network whose length is not a target length takes more
         // than one (see gateway_common::maps::lists).
         let keys4 = config
             .blocklist_v4_capacity
