@@ -4,8 +4,11 @@
 //! setting. Errors name the file, the line and the key.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use gateway_common::Settings;
@@ -22,9 +25,94 @@ pub const MAX_CAPACITY: u32 = 100_000_000;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub xdp: XdpConfig,
+    pub proxy: ProxyConfig,
+    /// Upstream pools by name, for routes to forward to.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routing rules, tried in order; the first that matches a request handles it.
+    pub routes: Vec<RouteConfig>,
     pub state: StateConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// The reverse proxy's listeners and defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Plain HTTP listeners (`"ADDR:PORT"`); none turns the proxy off.
+    pub listen: Vec<SocketAddr>,
+    /// Time to open a connection to an upstream target.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time for an upstream to answer with its response head, unless the route says otherwise.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A pool of upstream targets.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `"ADDR:PORT"` of every target; requests go round-robin over them.
+    pub targets: Vec<SocketAddr>,
+}
+
+/// One routing rule: what it matches and what it does.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Host to match: exact (`api.example.com`) or a wildcard (`*.example.com`, which matches
+    /// one or more labels in front of `example.com`). Absent: any host.
+    pub host: Option<String>,
+    /// Exact path to match.
+    pub path: Option<String>,
+    /// Path prefix to match, on segment boundaries: `/api` matches `/api` and `/api/x`, not
+    /// `/apix`.
+    pub path_prefix: Option<String>,
+    /// Methods to match; empty: any.
+    pub methods: Vec<String>,
+    /// Forward to this upstream pool.
+    pub upstream: Option<String>,
+    /// Remove `path_prefix` from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Time for the upstream to answer with its response head (overrides `proxy.timeout`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<Duration>,
+    /// Answer with this fixed response instead of forwarding.
+    pub respond: Option<RespondConfig>,
+}
+
+/// A fixed response.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    pub status: u16,
+    /// JSON body (any TOML value); absent: an empty body.
+    #[serde(default)]
+    pub json: Option<toml::Value>,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration such as 500ms, 5s or 1m: {e}"
+        ))
+    })
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -265,14 +353,117 @@ impl Config {
             return Err(ConfigError(format!(
                 "{}{line}: {}: {message}",
                 path.display(),
-                key.join(".")
+                display_key(&key)
             )));
         }
         Ok(config)
     }
 
     /// Semantic checks serde cannot make. On error: the key path and what is wrong with it.
-    fn validate(&self) -> Result<(), (Vec<&'static str>, String)> {
+    fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        self.validate_xdp_and_rest()
+            .map_err(|(key, m)| (key.iter().map(|k| k.to_string()).collect(), m))?;
+        self.validate_proxy()
+    }
+
+    fn validate_proxy(&self) -> Result<(), (Vec<String>, String)> {
+        let key = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        if self.proxy.connect_timeout.is_zero() {
+            return Err((
+                key(&["proxy", "connect_timeout"]),
+                "must be above zero".into(),
+            ));
+        }
+        if self.proxy.timeout.is_zero() {
+            return Err((key(&["proxy", "timeout"]), "must be above zero".into()));
+        }
+        for (name, upstream) in &self.upstreams {
+            if upstream.targets.is_empty() {
+                return Err((
+                    key(&["upstreams", name, "targets"]),
+                    "needs at least one target".into(),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let index = i.to_string();
+            let at = |k: &str| key(&["routes", &index, k]);
+            let whole = || key(&["routes", &index]);
+            if let Some(host) = &route.host {
+                if let Err(m) = check_host_pattern(host) {
+                    return Err((at("host"), m));
+                }
+            }
+            if route.path.is_some() && route.path_prefix.is_some() {
+                return Err((
+                    at("path_prefix"),
+                    "set either path or path_prefix, not both".into(),
+                ));
+            }
+            for (k, p) in [("path", &route.path), ("path_prefix", &route.path_prefix)] {
+                if let Some(p) = p {
+                    if !p.starts_with('/')
+                        || p.contains(['?', '#'])
+                        || p.chars().any(char::is_whitespace)
+                    {
+                        return Err((at(k), format!("`{p}` is not a path (it must start with / and hold no query, fragment or space)")));
+                    }
+                }
+            }
+            if route.strip_prefix && route.path_prefix.is_none() {
+                return Err((at("strip_prefix"), "needs path_prefix".into()));
+            }
+            for m in &route.methods {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err((
+                        at("methods"),
+                        format!("`{m}` is not a method such as GET or POST (upper case)"),
+                    ));
+                }
+            }
+            match (&route.upstream, &route.respond) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        at("respond"),
+                        "set either upstream or respond, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err((
+                        whole(),
+                        "needs upstream (forward) or respond (fixed response)".into(),
+                    ))
+                }
+                (Some(name), None) if !self.upstreams.contains_key(name) => {
+                    let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                    return Err((
+                        at("upstream"),
+                        format!(
+                            "no upstream `{name}` (defined: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                (None, Some(respond)) if !(200..=599).contains(&respond.status) => {
+                    return Err((
+                        key(&["routes", &index, "respond", "status"]),
+                        format!("{} is not a status in 200..=599", respond.status),
+                    ));
+                }
+                _ => {}
+            }
+            if route.timeout.is_some_and(|t| t.is_zero()) {
+                return Err((at("timeout"), "must be above zero".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_xdp_and_rest(&self) -> Result<(), (Vec<&'static str>, String)> {
         let xdp = &self.xdp;
         if xdp.enabled {
             match xdp.interface.as_deref() {
@@ -336,18 +527,80 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The line where `key` (a path of table names and a key) is set, if it is.
-fn line_of_key(text: &str, key: &[&str]) -> Option<usize> {
+/// A key path as the operator reads it: `routes[2].upstream`.
+fn display_key(key: &[String]) -> String {
+    let mut out = String::new();
+    for part in key {
+        if !out.is_empty() && part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// The line where `key` (a path of table names, array indexes and a key) is set, if it is;
+/// else the line of the deepest part of the path that is there.
+fn line_of_key(text: &str, key: &[String]) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
     let mut item = doc.as_item();
     let mut span = None;
     for part in key {
-        let table = item.as_table_like()?;
-        let (k, value) = table.get_key_value(part)?;
+        if let Some(array) = item.as_array_of_tables() {
+            let Some(table) = part.parse().ok().and_then(|i| array.get(i)) else {
+                break;
+            };
+            span = table.span().or(span);
+            // An element of an array of tables is a table; keep walking inside it.
+            let mut inner: &dyn toml_edit::TableLike = table;
+            let rest = &key[key.iter().position(|p| std::ptr::eq(p, part))? + 1..];
+            for part in rest {
+                let Some((k, value)) = inner.get_key_value(part) else {
+                    break;
+                };
+                span = k.span().or_else(|| value.span()).or(span);
+                match value.as_table_like() {
+                    Some(t) => inner = t,
+                    None => break,
+                }
+            }
+            break;
+        }
+        let Some(table) = item.as_table_like() else {
+            break;
+        };
+        let Some((k, value)) = table.get_key_value(part) else {
+            break;
+        };
         span = k.span().or_else(|| value.span());
         item = value;
     }
     span.map(|s| line_of_offset(text, s.start))
+}
+
+/// Checks a route's host pattern: a host name, or `*.` and a host name.
+fn check_host_pattern(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!(
+            "`{host}` is not a host name or a wildcard such as *.example.com"
+        ));
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("`{host}` must be lower case"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -402,18 +655,73 @@ mod tests {
     }
 
     #[test]
+    fn proxy_errors_name_the_route_and_key() {
+        let base = "[xdp]\nenabled = false\n[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n";
+        let cases = [
+            (
+                "[[routes]]\npath = \"/\"\n",
+                ":5: routes[0]: needs upstream",
+            ),
+            (
+                "[[routes]]\npath = \"x\"\nupstream = \"a\"\n",
+                ":6: routes[0].path: `x` is not a path",
+            ),
+            (
+                "[[routes]]\nupstream = \"a\"\nstrip_prefix = true\n",
+                ":7: routes[0].strip_prefix: needs path_prefix",
+            ),
+            (
+                "[[routes]]\nhost = \"Bad Host\"\nupstream = \"a\"\n",
+                ":6: routes[0].host:",
+            ),
+            (
+                "[[routes]]\nmethods = [\"get\"]\nupstream = \"a\"\n",
+                ":6: routes[0].methods: `get`",
+            ),
+            (
+                "[[routes]]\nupstream = \"a\"\nrespond = { status = 200 }\n",
+                ":7: routes[0].respond: set either",
+            ),
+            (
+                "[[routes]]\nrespond = { status = 99 }\n",
+                ":6: routes[0].respond.status: 99",
+            ),
+            ("[[routes]]\nupstream = \"a\"\ntimeout = \"soon\"\n", ":7:"),
+            (
+                "[upstreams.b]\ntargets = []\n",
+                ":6: upstreams.b.targets: needs at least one target",
+            ),
+            ("[proxy]\nlisten = [\"nowhere\"]\n", ":6:"),
+        ];
+        for (extra, expected) in cases {
+            let err = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra:?}: {err}");
+        }
+    }
+
+    #[test]
     fn the_example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
         assert_eq!(c.xdp.ratelimit.pps, 20000);
-        // Every key the example sets is a default except the interface and the rate.
+        assert_eq!(c.proxy.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        assert_eq!(c.upstreams["api"].targets.len(), 2);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].timeout, Some(Duration::from_secs(10)));
+        // Every other key the example sets is a default.
         let defaults = Config {
             xdp: XdpConfig {
                 interface: c.xdp.interface.clone(),
                 ratelimit: c.xdp.ratelimit,
                 ..XdpConfig::default()
             },
+            proxy: ProxyConfig {
+                listen: c.proxy.listen.clone(),
+                ..ProxyConfig::default()
+            },
+            upstreams: c.upstreams.clone(),
+            routes: c.routes.clone(),
             ..Config::default()
         };
         assert_eq!(c, defaults);

@@ -389,6 +389,17 @@ async fn serve(config: Config) -> Result<(), String> {
         let (lists, enforcer) = core.parts();
         lists.expire(enforcer, lists::now_ms());
     }
+    // The proxy listens before the admin socket appears, so a ready daemon serves.
+    let (stop_proxy, stopped) = tokio::sync::watch::channel(false);
+    let proxy = Arc::new(crate::proxy::Proxy::new(&config));
+    let mut proxy_tasks = Vec::new();
+    for listener in crate::proxy::bind(&config).await? {
+        proxy_tasks.push(tokio::spawn(crate::proxy::serve(
+            listener,
+            proxy.clone(),
+            stopped.clone(),
+        )));
+    }
     // The socket appears only now, so a client that can connect talks to an enforcing daemon.
     let listener = bind_admin(&config.admin.socket)?;
     let socket_path = config.admin.socket.clone();
@@ -416,6 +427,10 @@ async fn serve(config: Config) -> Result<(), String> {
                 let _ = tokio::task::spawn_blocking(move || expire_due(&core)).await;
             }
         }
+    }
+    let _ = stop_proxy.send(true);
+    for task in proxy_tasks {
+        let _ = task.await;
     }
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut kernel) = core.kernel.take() {

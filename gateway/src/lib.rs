@@ -4,6 +4,7 @@
 //! - [`net`]: strict parsing of addresses and networks as operators type them.
 //! - [`lists`]: the blocklist and allowlist, their TTLs and the state file they persist to.
 //! - [`xdp`]: loading and attaching the XDP program and keeping its maps in step with the lists.
+//! - [`proxy`]: the reverse proxy: listeners, routing, forwarding to upstream pools.
 //! - [`admin`]: the local admin socket the CLI talks to, and its protocol.
 //! - [`daemon`]: `gateway run`, tying the above together.
 //! - [`cli`]: the `gateway` command line.
@@ -14,4 +15,5 @@ pub mod config;
 pub mod daemon;
 pub mod lists;
 pub mod net;
+pub mod proxy;
 pub mod xdp;

@@ -585,14 +585,23 @@ impl Daemon {
     /// answers (it binds the socket only once XDP is attached). Panics with the log when it
     /// exits or does not come up within 30 s.
     pub fn start(ns: &str, setup: &Setup, config: &Path) -> Daemon {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(gateway_bin());
+        Daemon::spawn(cmd, setup, config)
+    }
+
+    /// Starts the daemon in this namespace (for configs with XDP off).
+    pub fn start_local(setup: &Setup, config: &Path) -> Daemon {
+        Daemon::spawn(Command::new(gateway_bin()), setup, config)
+    }
+
+    fn spawn(mut cmd: Command, setup: &Setup, config: &Path) -> Daemon {
         let log = setup.dir.path().join(format!(
             "daemon-{}.log",
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(gateway_bin())
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(config)
