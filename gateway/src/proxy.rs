@@ -29,7 +29,10 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::config::{Config, RouteConfig};
+use crate::{
+    config::{Config, RouteConfig},
+    xdp::error_chain,
+};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -423,17 +426,6 @@ fn error(status: StatusCode, message: &str, id: &str) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Binds every listener of the config; an address in use is an error that names it.

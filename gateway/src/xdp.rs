@@ -725,7 +725,8 @@ impl Drop for Kernel {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, each once: `outer: inner: root`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
