@@ -255,9 +255,7 @@ fn listed4(s: &Settings, addr: u32) -> u32 {
 /// The list flags of an IPv6 source.
 #[inline(always)]
 fn listed6(s: &Settings, addr: &[u8; 16]) -> u32 {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = *addr;
-    let hi = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
-    let lo = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+    let (hi, lo) = lists::halves(*addr);
     union_until_allowed!(
         probe6,
         (s, hi, lo),
@@ -297,9 +295,7 @@ fn rate_limit(settings: &Settings, key: impl FnOnce() -> RateKey) -> Verdict {
         return Verdict::Passed;
     }
     // The key is masked only when the limit is on.
-    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = key();
-    let hi = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
-    let lo = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
+    let (hi, lo) = lists::halves(key());
     let fingerprint = hash::rate_fingerprint(settings.seed, hi, lo);
     let index = hash::rate_bucket(fingerprint, settings.rate_buckets_mask);
     let Some(bucket) = RATE_STATE.get_ptr_mut(index) else {

@@ -30,14 +30,18 @@ fn run(kernel: &mut Kernel, frame: &[u8]) -> u32 {
         .return_value
 }
 
-fn kernel() -> Kernel {
-    let config = XdpConfig {
+/// Small capacities, so the tests load fast.
+fn small_config() -> XdpConfig {
+    XdpConfig {
         blocklist_v4_capacity: 1000,
         blocklist_v6_capacity: 1000,
         ratelimit_sources: 1000,
         ..XdpConfig::default()
-    };
-    Kernel::load(&config).expect("load the XDP program (root?)")
+    }
+}
+
+fn kernel() -> Kernel {
+    Kernel::load(&small_config()).expect("load the XDP program (root?)")
 }
 
 fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
@@ -261,13 +265,7 @@ fn ipv4_and_ipv6_lists_agree_with_a_reference_model() {
 /// move in and out of the table as slots free up.
 #[test]
 fn lists_agree_with_the_model_when_buckets_overflow() {
-    let config = XdpConfig {
-        blocklist_v4_capacity: 1000,
-        blocklist_v6_capacity: 1000,
-        ratelimit_sources: 1000,
-        ..XdpConfig::default()
-    };
-    let mut k = Kernel::load_with_list_buckets(&config, 4).expect("load (root?)");
+    let mut k = Kernel::load_with_list_buckets(&small_config(), 4).expect("load (root?)");
     let (in_table, overflowed) = agree_with_model(&mut k);
     assert!(in_table <= 16, "{in_table} keys in 16 slots");
     assert!(overflowed > 100, "only {overflowed} keys overflowed");
@@ -393,10 +391,8 @@ fn verdict(k: &mut Kernel, source: IpAddr) -> Verdict {
 #[test]
 fn a_limited_source_survives_a_churn_of_new_sources() {
     let config = XdpConfig {
-        blocklist_v4_capacity: 1000,
-        blocklist_v6_capacity: 1000,
         ratelimit_sources: 2,
-        ..XdpConfig::default()
+        ..small_config()
     };
     let mut k = Kernel::load(&config).expect("load (root?)");
     let rate = RateConfig {
