@@ -57,6 +57,8 @@ pub enum Request {
     RateReset,
     RateShow,
     Stats,
+    /// Reloads the config file the daemon was started with.
+    Reload,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

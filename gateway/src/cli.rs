@@ -19,7 +19,8 @@ use crate::{
     net,
 };
 
-/// eBPF-accelerated API gateway: XDP blocklist and per-source rate limiting at the NIC.
+/// eBPF-accelerated API gateway: XDP blocklist and per-source rate limiting at the NIC, and a
+/// TLS-terminating reverse proxy.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, propagate_version = true)]
 pub struct Cli {
@@ -32,7 +33,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon: load the lists, attach XDP, serve the admin socket (SIGINT/SIGTERM stop it).
+    /// Run the daemon: load the lists, attach XDP, serve the proxy and the admin socket
+    /// (SIGHUP reloads the config; SIGINT/SIGTERM stop it gracefully).
     Run {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -51,6 +53,10 @@ enum Command {
     /// Show or change the per-source packet rate limit enforced in XDP.
     #[command(subcommand)]
     Ratelimit(RateCommand),
+    /// Reload the running daemon's config file (as SIGHUP does): routes, upstreams, listeners,
+    /// certificates, limits, the audit output and the XDP rate limit change without dropping
+    /// connections; an invalid file is refused and the old config keeps serving.
+    Reload,
     /// Show the XDP verdict counters (summed over CPUs), list sizes and the rate limit.
     Stats {
         #[arg(long)]
@@ -165,6 +171,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Block(cmd) => list_command(socket, ListKind::Block, cmd),
         Command::Allow(cmd) => list_command(socket, ListKind::Allow, cmd),
         Command::Ratelimit(cmd) => rate_command(socket, cmd),
+        Command::Reload => {
+            print_message(&call(socket, &Request::Reload)?);
+            Ok(())
+        }
         Command::Stats { json } => {
             let data = call(socket, &Request::Stats)?.data;
             print_data(&data, json, format_stats);

@@ -30,62 +30,300 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routing rules, tried in order; the first that matches a request handles it.
     pub routes: Vec<RouteConfig>,
+    pub audit: AuditConfig,
     pub state: StateConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
-/// The reverse proxy's listeners and defaults.
+/// The reverse proxy's listeners, limits and defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
-    /// Plain HTTP listeners (`"ADDR:PORT"`); none turns the proxy off.
+    /// Plain HTTP listeners (`"ADDR:PORT"`).
     pub listen: Vec<SocketAddr>,
-    /// Time to open a connection to an upstream target.
+    /// HTTPS listeners and their certificates.
+    pub tls: Option<TlsConfig>,
+    /// Time to open a connection to an upstream target, unless the route says otherwise.
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
-    /// Time for an upstream to answer with its response head, unless the route says otherwise.
+    /// Time for an upstream to answer with its response head, retries included, unless the
+    /// route says otherwise.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Client connections open at once; one more is closed at accept.
+    pub max_connections: u32,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    pub max_header_bytes: u32,
+    /// Most header fields in a request; more gets 431.
+    pub max_headers: u32,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body_bytes: u64,
+    /// Time a client has to finish the TLS handshake and to send a whole request head.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// On shutdown, time in-flight requests get to finish before connections are cut.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             listen: Vec::new(),
+            tls: None,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_header_bytes: 16 << 10,
+            max_headers: 100,
+            max_body_bytes: 10 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// A pool of upstream targets.
+/// HTTPS listeners.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `"ADDR:PORT"` of every HTTPS listener.
+    pub listen: Vec<SocketAddr>,
+    /// The oldest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    pub min_version: TlsVersion,
+    /// Certificates, chosen by the client's SNI among the names each is valid for; the first is
+    /// served to clients that send no name or a name none has.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// A certificate chain and its private key, PEM files. Relative paths are relative to the
+/// config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A pool of upstream targets.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `"ADDR:PORT"` of every target; requests go round-robin over them.
-    pub targets: Vec<SocketAddr>,
+    /// Every target: `"ADDR:PORT"`, or `{ address = "ADDR:PORT", weight = N }`.
+    pub targets: Vec<TargetConfig>,
+    /// How a target is chosen.
+    pub balance: Balance,
+    /// For `balance = "hash"`: `"client_ip"` (default) or `"header:NAME"`.
+    pub hash_on: Option<String>,
+    /// HTTP version spoken to the targets: `"http1"` or `"http2"` (prior knowledge over TCP,
+    /// ALPN over TLS).
+    pub protocol: UpstreamProtocol,
+    /// Talk HTTPS to the targets.
+    pub tls: Option<UpstreamTlsConfig>,
+    /// Idle connections kept open per target.
+    pub max_idle_per_target: u32,
+    /// Requests in flight per target at most; a target at its limit is skipped, and when all
+    /// are, the request gets 503.
+    pub max_requests_per_target: u32,
+    /// Further attempts on another target for a request that failed without an answer (any
+    /// method when the connection was refused; idempotent methods also after a timeout, a
+    /// broken connection or a 502/503/504), for requests without a body.
+    pub retries: u32,
+    /// Retries may add at most this fraction to the requests sent (plus a reserve of 10).
+    pub retry_budget: f64,
+    /// Passive outlier ejection.
+    pub outlier: OutlierConfig,
+    /// Active health checks; absent: none.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            targets: Vec::new(),
+            balance: Balance::RoundRobin,
+            hash_on: None,
+            protocol: UpstreamProtocol::Http1,
+            tls: None,
+            max_idle_per_target: 64,
+            max_requests_per_target: 10_000,
+            retries: 1,
+            retry_budget: 0.2,
+            outlier: OutlierConfig::default(),
+            health_check: None,
+        }
+    }
+}
+
+/// One upstream target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetConfig {
+    pub address: SocketAddr,
+    /// Share of the requests relative to the other targets (round_robin, hash,
+    /// least_outstanding).
+    pub weight: u32,
+}
+
+impl<'de> Deserialize<'de> for TargetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            address: SocketAddr,
+            #[serde(default = "one")]
+            weight: u32,
+        }
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a target: \"ADDR:PORT\" or { address = \"ADDR:PORT\", weight = N }"
+        )]
+        enum Raw {
+            Address(SocketAddr),
+            Table(Table),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Address(address) => TargetConfig { address, weight: 1 },
+            Raw::Table(t) => TargetConfig {
+                address: t.address,
+                weight: t.weight,
+            },
+        })
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn, in proportion to the weights (smooth weighted round-robin).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight relative to its weight.
+    LeastOutstanding,
+    /// Consistent (rendezvous) hashing on `hash_on`: a key keeps its target while that target
+    /// is available, and only the keys of a target that leaves move.
+    Hash,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+/// HTTPS to the targets. Relative paths are relative to the config file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// CA bundle (PEM) the targets' certificates must chain to; absent: the system's bundle.
+    pub ca: Option<PathBuf>,
+    /// The name sent in SNI and checked against the certificate; absent: the target's address.
+    pub server_name: Option<String>,
+    /// Client certificate chain for mutual TLS (PEM), with `key`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Passive outlier ejection: a target that fails `consecutive_failures` requests in a row
+/// (refused or broken connections, timeouts, 502/503/504) gets no requests for `ejection_time`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// 0 turns ejection off.
+    pub consecutive_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub ejection_time: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Active health checks: `GET path` on every target each `interval`; 2xx and 3xx pass.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Passes in a row that bring an unhealthy target back.
+    pub healthy_threshold: u32,
+    /// Failures in a row that take a healthy target out.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
 }
 
 /// One routing rule: what it matches and what it does.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
+    /// Name in metrics and the audit log; default `routes[INDEX]`.
+    pub name: Option<String>,
     /// Host to match: exact (`api.example.com`) or a wildcard (`*.example.com`, which matches
     /// one or more labels in front of `example.com`). Absent: any host.
     pub host: Option<String>,
-    /// Exact path to match.
+    /// Exact path to match; `{name}` segments match any one segment (`/users/{id}`).
     pub path: Option<String>,
     /// Path prefix to match, on segment boundaries: `/api` matches `/api` and `/api/x`, not
-    /// `/apix`.
+    /// `/apix`. May hold `{name}` segments too.
     pub path_prefix: Option<String>,
     /// Methods to match; empty: any.
     pub methods: Vec<String>,
+    /// Headers to match: name = exact value, or `"*"` for any value.
+    pub headers: BTreeMap<String, String>,
     /// Forward to this upstream pool.
     pub upstream: Option<String>,
     /// Remove `path_prefix` from the path before forwarding.
     pub strip_prefix: bool,
-    /// Time for the upstream to answer with its response head (overrides `proxy.timeout`).
+    /// Replace the matched path (`path`) or prefix (`path_prefix`) with this, where `{name}`
+    /// stands for what that segment matched. It may end in a query (`?k={name}`), to which the
+    /// client's query is appended.
+    pub rewrite: Option<String>,
+    /// Time to open a connection to a target (overrides `proxy.connect_timeout`).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Time for the upstream to answer with its response head, retries included (overrides
+    /// `proxy.timeout`).
     #[serde(default, deserialize_with = "optional_duration")]
     pub timeout: Option<Duration>,
     /// Answer with this fixed response instead of forwarding.
@@ -100,6 +338,23 @@ pub struct RespondConfig {
     /// JSON body (any TOML value); absent: an empty body.
     #[serde(default)]
     pub json: Option<toml::Value>,
+}
+
+/// The audit log: one JSON line per request.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `"stdout"`, `"off"`, or a file path (appended to; reopened on SIGHUP and reload, for
+    /// logrotate). Relative paths are relative to the config file.
+    pub output: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            output: "stdout".into(),
+        }
+    }
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -288,12 +543,15 @@ impl Default for StateConfig {
 pub struct AdminConfig {
     /// The Unix socket the CLI talks to; only root (and the daemon's own user) may use it.
     pub socket: PathBuf,
+    /// HTTP listener for `GET /metrics` (Prometheus) and `GET /healthz`; absent: none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             socket: DEFAULT_ADMIN_SOCKET.into(),
+            metrics_listen: None,
         }
     }
 }
@@ -338,7 +596,7 @@ impl Config {
 
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of_offset(text, s.start));
             let message = e.message().trim_end();
             match line {
@@ -346,6 +604,7 @@ impl Config {
                 None => ConfigError(format!("{}: {message}", path.display())),
             }
         })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         if let Err((key, message)) = config.validate() {
             let line = line_of_key(text, &key)
                 .map(|l| format!(":{l}"))
@@ -368,27 +627,181 @@ impl Config {
 
     fn validate_proxy(&self) -> Result<(), (Vec<String>, String)> {
         let key = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-        if self.proxy.connect_timeout.is_zero() {
-            return Err((
-                key(&["proxy", "connect_timeout"]),
-                "must be above zero".into(),
-            ));
-        }
-        if self.proxy.timeout.is_zero() {
-            return Err((key(&["proxy", "timeout"]), "must be above zero".into()));
-        }
-        for (name, upstream) in &self.upstreams {
-            if upstream.targets.is_empty() {
-                return Err((
-                    key(&["upstreams", name, "targets"]),
-                    "needs at least one target".into(),
-                ));
+        let p = &self.proxy;
+        for (k, d) in [
+            ("connect_timeout", p.connect_timeout),
+            ("timeout", p.timeout),
+            ("header_read_timeout", p.header_read_timeout),
+            ("idle_timeout", p.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err((key(&["proxy", k]), "must be above zero".into()));
             }
         }
+        if p.max_connections == 0 {
+            return Err((
+                key(&["proxy", "max_connections"]),
+                "must be at least 1".into(),
+            ));
+        }
+        // hyper reads a request head into a buffer of at least 8 KiB.
+        if !(8192..=1 << 20).contains(&p.max_header_bytes) {
+            return Err((
+                key(&["proxy", "max_header_bytes"]),
+                format!("{} is not in 8192..=1048576", p.max_header_bytes),
+            ));
+        }
+        if !(1..=1000).contains(&p.max_headers) {
+            return Err((
+                key(&["proxy", "max_headers"]),
+                format!("{} is not in 1..=1000", p.max_headers),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let tls_listen = p.tls.iter().flat_map(|t| t.listen.iter());
+        for (i, addr) in p.listen.iter().chain(tls_listen).enumerate() {
+            if !seen.insert(addr) {
+                let k = if i < p.listen.len() { "listen" } else { "tls" };
+                return Err((key(&["proxy", k]), format!("{addr} is listed twice")));
+            }
+        }
+        if let Some(tls) = &p.tls {
+            if tls.listen.is_empty() {
+                return Err((
+                    key(&["proxy", "tls", "listen"]),
+                    "needs at least one address".into(),
+                ));
+            }
+            if tls.certificates.is_empty() {
+                return Err((
+                    key(&["proxy", "tls", "certificates"]),
+                    "needs at least one certificate (cert and key PEM files)".into(),
+                ));
+            }
+            for (i, c) in tls.certificates.iter().enumerate() {
+                if let Err(m) = crate::tls::load_certified_key(c) {
+                    return Err((
+                        key(&["proxy", "tls", "certificates", &i.to_string(), "cert"]),
+                        m,
+                    ));
+                }
+            }
+        }
+        for (name, u) in &self.upstreams {
+            let at = |k: &str| key(&["upstreams", name, k]);
+            if u.targets.is_empty() {
+                return Err((at("targets"), "needs at least one target".into()));
+            }
+            if let Some(t) = u.targets.iter().find(|t| !(1..=1000).contains(&t.weight)) {
+                return Err((
+                    at("targets"),
+                    format!("{}: weight {} is not in 1..=1000", t.address, t.weight),
+                ));
+            }
+            match (&u.hash_on, u.balance) {
+                (Some(_), b) if b != Balance::Hash => {
+                    return Err((at("hash_on"), "needs balance = \"hash\"".into()))
+                }
+                (Some(on), _) => {
+                    let ok = on == "client_ip"
+                        || on.strip_prefix("header:").is_some_and(|h| {
+                            hyper::header::HeaderName::from_bytes(h.as_bytes()).is_ok()
+                        });
+                    if !ok {
+                        return Err((
+                            at("hash_on"),
+                            format!("`{on}` is neither client_ip nor header:NAME"),
+                        ));
+                    }
+                }
+                (None, _) => {}
+            }
+            if u.max_requests_per_target == 0 {
+                return Err((at("max_requests_per_target"), "must be at least 1".into()));
+            }
+            if !(0.0..=1.0).contains(&u.retry_budget) {
+                return Err((
+                    at("retry_budget"),
+                    format!("{} is not in 0..=1", u.retry_budget),
+                ));
+            }
+            if u.retries > 10 {
+                return Err((at("retries"), format!("{} is not in 0..=10", u.retries)));
+            }
+            if u.outlier.ejection_time.is_zero() {
+                return Err((
+                    key(&["upstreams", name, "outlier", "ejection_time"]),
+                    "must be above zero".into(),
+                ));
+            }
+            if let Some(h) = &u.health_check {
+                let hk = |k: &str| key(&["upstreams", name, "health_check", k]);
+                if !h.path.starts_with('/')
+                    || h.path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err((hk("path"), format!("`{}` is not a path", h.path)));
+                }
+                if h.interval.is_zero() {
+                    return Err((hk("interval"), "must be above zero".into()));
+                }
+                if h.timeout.is_zero() {
+                    return Err((hk("timeout"), "must be above zero".into()));
+                }
+                if h.healthy_threshold == 0 {
+                    return Err((hk("healthy_threshold"), "must be at least 1".into()));
+                }
+                if h.unhealthy_threshold == 0 {
+                    return Err((hk("unhealthy_threshold"), "must be at least 1".into()));
+                }
+            }
+            if let Some(t) = &u.tls {
+                let tk = |k: &str| key(&["upstreams", name, "tls", k]);
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err((tk("cert"), "cert and key go together (mutual TLS)".into()));
+                }
+                if let Some(n) = &t.server_name {
+                    if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+                        return Err((
+                            tk("server_name"),
+                            format!("`{n}` is not a host name or address"),
+                        ));
+                    }
+                }
+                if let Err(m) = crate::tls::client_config(t, &[]) {
+                    let k = if m.contains("CA")
+                        || t.ca
+                            .as_ref()
+                            .is_some_and(|ca| m.contains(&*ca.to_string_lossy()))
+                    {
+                        "ca"
+                    } else {
+                        "cert"
+                    };
+                    return Err((tk(k), m));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let index = i.to_string();
             let at = |k: &str| key(&["routes", &index, k]);
             let whole = || key(&["routes", &index]);
+            if let Some(name) = &route.name {
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err((
+                        at("name"),
+                        format!("`{name}` is not 1 to 64 letters, digits, -, _ or ."),
+                    ));
+                }
+                if !names.insert(name) {
+                    return Err((at("name"), format!("`{name}` names another route too")));
+                }
+            }
             if let Some(host) = &route.host {
                 if let Err(m) = check_host_pattern(host) {
                     return Err((at("host"), m));
@@ -400,15 +813,8 @@ impl Config {
                     "set either path or path_prefix, not both".into(),
                 ));
             }
-            for (k, p) in [("path", &route.path), ("path_prefix", &route.path_prefix)] {
-                if let Some(p) = p {
-                    if !p.starts_with('/')
-                        || p.contains(['?', '#'])
-                        || p.chars().any(char::is_whitespace)
-                    {
-                        return Err((at(k), format!("`{p}` is not a path (it must start with / and hold no query, fragment or space)")));
-                    }
-                }
+            if let Err((k, m)) = crate::proxy::route::check(route) {
+                return Err((at(k), m));
             }
             if route.strip_prefix && route.path_prefix.is_none() {
                 return Err((at("strip_prefix"), "needs path_prefix".into()));
@@ -456,11 +862,64 @@ impl Config {
                 }
                 _ => {}
             }
-            if route.timeout.is_some_and(|t| t.is_zero()) {
-                return Err((at("timeout"), "must be above zero".into()));
+            if route.respond.is_some() {
+                for (k, set) in [
+                    ("rewrite", route.rewrite.is_some()),
+                    ("strip_prefix", route.strip_prefix),
+                    ("timeout", route.timeout.is_some()),
+                    ("connect_timeout", route.connect_timeout.is_some()),
+                ] {
+                    if set {
+                        return Err((
+                            at(k),
+                            "applies to forwarding routes only (this one responds)".into(),
+                        ));
+                    }
+                }
+            }
+            for (k, t) in [
+                ("timeout", route.timeout),
+                ("connect_timeout", route.connect_timeout),
+            ] {
+                if t.is_some_and(|t| t.is_zero()) {
+                    return Err((at(k), "must be above zero".into()));
+                }
             }
         }
+        if self.audit.output.is_empty() {
+            return Err((
+                key(&["audit", "output"]),
+                "must not be empty (stdout, off or a path)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Makes the relative paths of certificates, keys, CA bundles and the audit file relative
+    /// to `base` (the config file's directory).
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = self.proxy.tls.as_mut() {
+            for c in &mut tls.certificates {
+                fix(&mut c.cert);
+                fix(&mut c.key);
+            }
+        }
+        for u in self.upstreams.values_mut() {
+            if let Some(t) = u.tls.as_mut() {
+                for p in [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten() {
+                    fix(p);
+                }
+            }
+        }
+        let out = &mut self.audit.output;
+        if !matches!(out.as_str(), "stdout" | "off" | "-" | "") && Path::new(out).is_relative() {
+            *out = base.join(&*out).to_string_lossy().into_owned();
+        }
     }
 
     fn validate_xdp_and_rest(&self) -> Result<(), (Vec<&'static str>, String)> {
@@ -664,7 +1123,7 @@ mod tests {
             ),
             (
                 "[[routes]]\npath = \"x\"\nupstream = \"a\"\n",
-                ":6: routes[0].path: `x` is not a path",
+                ":6: routes[0].path: `x` does not start with /",
             ),
             (
                 "[[routes]]\nupstream = \"a\"\nstrip_prefix = true\n",
@@ -692,6 +1151,54 @@ mod tests {
                 ":6: upstreams.b.targets: needs at least one target",
             ),
             ("[proxy]\nlisten = [\"nowhere\"]\n", ":6:"),
+            (
+                "[proxy]\nmax_header_bytes = 100\n",
+                ":6: proxy.max_header_bytes: 100 is not in 8192..=1048576",
+            ),
+            (
+                "[proxy]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+                ":6: proxy.listen: 127.0.0.1:1 is listed twice",
+            ),
+            (
+                "[upstreams.b]\ntargets = [\"127.0.0.1:2\"]\nhash_on = \"client_ip\"\n",
+                ":7: upstreams.b.hash_on: needs balance",
+            ),
+            (
+                "[upstreams.b]\ntargets = [\"127.0.0.1:2\"]\nbalance = \"hash\"\nhash_on = \"cookie\"\n",
+                ":8: upstreams.b.hash_on: `cookie`",
+            ),
+            (
+                "[upstreams.b]\ntargets = [\"127.0.0.1:2\"]\nbalance = \"random\"\n",
+                ":7:",
+            ),
+            (
+                "[upstreams.b]\ntargets = [{ address = \"127.0.0.1:2\", wieght = 2 }]\n",
+                ":6:",
+            ),
+            (
+                "[upstreams.b]\ntargets = [\"127.0.0.1:2\"]\nhealth_check = { path = \"health\" }\n",
+                ":7: upstreams.b.health_check.path: `health` is not a path",
+            ),
+            (
+                "[upstreams.b]\ntargets = [\"127.0.0.1:2\"]\ntls = { cert = \"c.pem\" }\n",
+                ":7: upstreams.b.tls.cert: cert and key go together",
+            ),
+            (
+                "[[routes]]\nname = \"x\"\nupstream = \"a\"\n[[routes]]\nname = \"x\"\nupstream = \"a\"\n",
+                ":9: routes[1].name: `x` names another route too",
+            ),
+            (
+                "[[routes]]\nheaders = { X-Up = \"1\" }\nupstream = \"a\"\n",
+                ":6: routes[0].headers: `X-Up` is not a lower-case header name",
+            ),
+            (
+                "[[routes]]\nrewrite = \"/x\"\nupstream = \"a\"\n",
+                ":6: routes[0].rewrite: needs path or path_prefix",
+            ),
+            (
+                "[[routes]]\npath = \"/a\"\nrespond = { status = 200 }\ntimeout = \"1s\"\n",
+                ":8: routes[0].timeout: applies to forwarding routes only",
+            ),
         ];
         for (extra, expected) in cases {
             let err = parse(&format!("{base}{extra}")).unwrap_err();

@@ -1,10 +1,11 @@
-//! `gateway run`: loads the lists, loads and attaches the XDP program, serves the admin socket,
-//! expires TTL entries, and detaches cleanly on SIGINT or SIGTERM.
+//! `gateway run`: loads the lists, loads and attaches the XDP program, runs the proxy, serves
+//! the admin socket and the metrics, expires TTL entries, reloads the config on SIGHUP or
+//! `gateway reload`, and on SIGINT or SIGTERM lets requests finish and detaches cleanly.
 
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -19,9 +20,15 @@ use tokio::{
 
 use crate::{
     admin::{Request, Response, MAX_REQUEST},
+    audit::{self, Audit},
     config::{Config, LogFormat, RateConfig},
     lists::{self, Capacities, Enforcer, Entry, ListKind, Lists, NoEnforcer},
+    metrics::METRICS,
     net,
+    proxy::{
+        server::{Listeners, Shared},
+        Proxy,
+    },
     xdp::Kernel,
 };
 
@@ -210,6 +217,7 @@ impl Core {
             }
             Request::RateShow => Ok(Response::data(self.rate_json())),
             Request::Stats => self.stats(),
+            Request::Reload => Err("reload is handled by the daemon, not the lists".into()),
         }
     }
 
@@ -273,6 +281,37 @@ impl Core {
     }
 }
 
+/// The XDP verdict counters in the Prometheus text format.
+fn xdp_metrics(kernel: &Kernel) -> String {
+    let Ok(counters) = kernel.counters() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let packets: Vec<(&str, u64)> = Verdict::ALL
+        .iter()
+        .map(|v| (v.name(), counters[*v as usize].packets))
+        .collect();
+    let bytes: Vec<(&str, u64)> = Verdict::ALL
+        .iter()
+        .map(|v| (v.name(), counters[*v as usize].bytes))
+        .collect();
+    crate::metrics::counter_family(
+        &mut out,
+        "gateway_xdp_packets_total",
+        "Packets the XDP program judged, by verdict.",
+        "verdict",
+        &packets,
+    );
+    crate::metrics::counter_family(
+        &mut out,
+        "gateway_xdp_bytes_total",
+        "Bytes of the packets the XDP program judged, by verdict.",
+        "verdict",
+        &bytes,
+    );
+    out
+}
+
 fn parse_all(nets: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
     nets.iter().map(|n| net::parse_net(n)).collect()
 }
@@ -315,10 +354,87 @@ pub fn run(config_path: &Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config, config_path.to_path_buf()));
+    // Connections still open after the shutdown deadline are cut here.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+/// What a reload replaces, and how.
+struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    listeners: tokio::sync::Mutex<Listeners>,
+    audit: Arc<Audit>,
+    core: Arc<Mutex<Core>>,
+}
+
+impl Reloader {
+    /// Loads the config file again and applies it; on any error nothing changes.
+    async fn reload(&self) -> Result<String, String> {
+        let mut listeners = self.listeners.lock().await;
+        let config = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let output = audit::Output::parse(&config.audit.output);
+        audit::Output::check(&output)?;
+        let proxy = Proxy::new(&config, self.audit.clone())?;
+        listeners.apply(&config).await?;
+        self.audit.set_output(output)?;
+        self.shared.proxy.store(Arc::new(proxy));
+        let mut notes = Vec::new();
+        {
+            let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            let old = core.config.clone();
+            if old.xdp.ratelimit != config.xdp.ratelimit {
+                core.config.xdp.ratelimit = config.xdp.ratelimit;
+                if core.lists.ratelimit().is_none() {
+                    if let Err(e) = core.apply_rate(None) {
+                        core.config.xdp.ratelimit = old.xdp.ratelimit;
+                        notes.push(format!("the XDP rate limit was not changed: {e}"));
+                    }
+                } else {
+                    notes.push("the XDP rate limit stays at the CLI override (`gateway ratelimit reset` to use the config's)".into());
+                }
+            }
+            let xdp_rest = |x: &crate::config::XdpConfig| crate::config::XdpConfig {
+                ratelimit: RateConfig::default(),
+                ..x.clone()
+            };
+            if xdp_rest(&old.xdp) != xdp_rest(&config.xdp) {
+                notes.push(
+                    "changes to [xdp] other than the rate limit take effect at restart".into(),
+                );
+            }
+            if old.state != config.state || old.admin != config.admin || old.log != config.log {
+                notes.push("changes to [state], [admin] and [log] take effect at restart".into());
+            }
+        }
+        for note in &notes {
+            tracing::warn!("{note}");
+        }
+        let mut message = format!("{}: reloaded", self.path.display());
+        for note in notes {
+            message.push_str(&format!("; {note}"));
+        }
+        Ok(message)
+    }
+
+    async fn reload_logged(&self, trigger: &str) -> Response {
+        match self.reload().await {
+            Ok(message) => {
+                METRICS.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(trigger, "{message}");
+                Response::ok(message)
+            }
+            Err(e) => {
+                METRICS.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(trigger, error = %e, "reload refused; the running config stays");
+                Response::error(format!("reload refused, the running config stays: {e}"))
+            }
+        }
+    }
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let state_dir = &config.state.dir;
     fs::DirBuilder::new()
         .recursive(true)
@@ -390,33 +506,50 @@ async fn serve(config: Config) -> Result<(), String> {
         lists.expire(enforcer, lists::now_ms());
     }
     // The proxy listens before the admin socket appears, so a ready daemon serves.
-    let (stop_proxy, stopped) = tokio::sync::watch::channel(false);
-    let proxy = Arc::new(crate::proxy::Proxy::new(&config));
-    let mut proxy_tasks = Vec::new();
-    for listener in crate::proxy::bind(&config).await? {
-        proxy_tasks.push(tokio::spawn(crate::proxy::serve(
-            listener,
-            proxy.clone(),
-            stopped.clone(),
-        )));
+    let audit = Arc::new(Audit::default());
+    audit.set_output(audit::Output::parse(&config.audit.output))?;
+    let shared = Shared::new(Proxy::new(&config, audit.clone())?);
+    let mut listeners = Listeners::new(shared.clone());
+    listeners.apply(&config).await?;
+    let core = Arc::new(Mutex::new(core));
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = config.admin.metrics_listen {
+        let listener = crate::metrics::bind(addr).await?;
+        let core = core.clone();
+        let extra: crate::metrics::Extra = Arc::new(move || {
+            let core = core.lock().unwrap_or_else(|p| p.into_inner());
+            core.kernel.as_ref().map(xdp_metrics).unwrap_or_default()
+        });
+        tokio::spawn(crate::metrics::serve(listener, extra, metrics_stopped));
     }
+    let reloader = Arc::new(Reloader {
+        path: config_path,
+        shared,
+        listeners: tokio::sync::Mutex::new(listeners),
+        audit: audit.clone(),
+        core: core.clone(),
+    });
     // The socket appears only now, so a client that can connect talks to an enforcing daemon.
     let listener = bind_admin(&config.admin.socket)?;
     let socket_path = config.admin.socket.clone();
     let _socket_guard = RemoveOnDrop(socket_path.clone());
-    let core = Arc::new(Mutex::new(core));
     tracing::info!(socket = %socket_path.display(), "ready");
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                let reloader = reloader.clone();
+                tokio::spawn(async move { reloader.reload_logged("SIGHUP").await });
+            }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone())); }
+                Ok((stream, _)) => { tokio::spawn(connection(stream, core.clone(), reloader.clone())); }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -428,10 +561,14 @@ async fn serve(config: Config) -> Result<(), String> {
             }
         }
     }
-    let _ = stop_proxy.send(true);
-    for task in proxy_tasks {
-        let _ = task.await;
-    }
+    let _ = stop_metrics.send(true);
+    let deadline = reloader.shared.proxy.load().limits.shutdown_timeout;
+    let listeners = std::mem::replace(
+        &mut *reloader.listeners.lock().await,
+        Listeners::new(reloader.shared.clone()),
+    );
+    listeners.shutdown(deadline).await;
+    audit.close();
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut kernel) = core.kernel.take() {
         kernel.flush_logs();
@@ -507,7 +644,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
+async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>, reloader: Arc<Reloader>) {
     let me = unsafe { libc::geteuid() };
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
@@ -534,6 +671,7 @@ async fn connection(stream: UnixStream, core: Arc<Mutex<Core>>) {
         Ok(Ok(_)) if !line.ends_with(b"\n") => Response::error("request too large or cut short"),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(Request::Reload) => reloader.reload_logged("admin socket").await,
             Ok(request) => {
                 let core = core.clone();
                 tokio::task::spawn_blocking(move || {

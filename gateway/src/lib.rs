@@ -5,15 +5,21 @@
 //! - [`lists`]: the blocklist and allowlist, their TTLs and the state file they persist to.
 //! - [`xdp`]: loading and attaching the XDP program and keeping its maps in step with the lists.
 //! - [`proxy`]: the reverse proxy: listeners, routing, forwarding to upstream pools.
+//! - [`tls`]: certificates for the listeners (SNI) and the upstreams (CA, client certificates).
+//! - [`audit`]: the audit log, one JSON line per request.
+//! - [`metrics`]: Prometheus metrics and the HTTP listener that serves them.
 //! - [`admin`]: the local admin socket the CLI talks to, and its protocol.
 //! - [`daemon`]: `gateway run`, tying the above together.
 //! - [`cli`]: the `gateway` command line.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod lists;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod tls;
 pub mod xdp;

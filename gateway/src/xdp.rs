@@ -706,7 +706,7 @@ fn tick_ns() -> Result<u64, String> {
     Ok(ns)
 }
 
-fn random_seed() -> Result<u64, String> {
+pub(crate) fn random_seed() -> Result<u64, String> {
     let mut seed = [0u8; 8];
     // SAFETY: getrandom writes at most 8 bytes into the buffer.
     let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };

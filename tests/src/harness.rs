@@ -671,6 +671,17 @@ impl Daemon {
         child.wait().ok()
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().expect("daemon running").id() as libc::pid_t
+    }
+
+    /// Sends SIGHUP (reload) without waiting.
+    pub fn hup(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+    }
+
     /// SIGTERM and wait: returns the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM).expect("daemon already gone")

@@ -1,140 +1,13 @@
 //! The reverse proxy, end to end: the real `gateway` binary (XDP off) in front of real hyper
-//! upstreams on 127.0.0.1, driven by a real HTTP client.
+//! upstreams on 127.0.0.1, driven by real HTTP clients. Routing, rewrites, load balancing,
+//! failover, retries, outlier ejection, health checks and timeouts.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+use std::{collections::HashMap, time::Duration};
+
+use integration_tests::{
+    harness::{Daemon, Setup},
+    web::{self, eventually, free_port, get, http1, send, Upstream},
 };
-
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper::{body::Incoming, Request, Response};
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioIo},
-};
-use integration_tests::harness::{Daemon, Setup};
-use serde_json::Value;
-
-/// An upstream on 127.0.0.1 that answers every request with JSON describing it and its own
-/// name, and counts what it served.
-struct Upstream {
-    addr: SocketAddr,
-    served: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = Arc::new(AtomicUsize::new(0));
-        let counter = served.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        async move {
-                            let headers: HashMap<String, String> = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| {
-                                    (k.to_string(), v.to_str().unwrap_or_default().to_string())
-                                })
-                                .collect();
-                            let body = serde_json::json!({
-                                "upstream": name,
-                                "method": req.method().as_str(),
-                                "uri": req.uri().to_string(),
-                                "headers": headers,
-                            });
-                            let mut response =
-                                Response::new(Full::new(Bytes::from(body.to_string())));
-                            response
-                                .headers_mut()
-                                .insert("connection", "keep-alive, x-hop".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("x-hop", "must not reach the client".parse().unwrap());
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Upstream { addr, served, task }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Writes a config with XDP off, the proxy on `port` and `rest` (upstreams and routes).
-fn config(setup: &Setup, port: u16, rest: &str) -> std::path::PathBuf {
-    let path = setup.dir.path().join("gateway.toml");
-    let text = format!(
-        "[xdp]\nenabled = false\n\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nconnect_timeout = \"2s\"\ntimeout = \"5s\"\n\n[state]\ndir = \"{}\"\n\n[admin]\nsocket = \"{}\"\n\n{rest}\n",
-        setup.state_dir().display(),
-        setup.socket().display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-struct Reply {
-    status: u16,
-    headers: hyper::HeaderMap,
-    json: Value,
-}
-
-async fn send(port: u16, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
-        .header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let response = client
-        .request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .expect("request through the gateway");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        json,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_forward_rewrite_and_answer() {
@@ -155,6 +28,7 @@ targets = ["{}"]
 
 [upstreams.dead]
 targets = ["127.0.0.1:{dead}"]
+retries = 0
 
 [[routes]]
 path = "/healthz"
@@ -167,6 +41,18 @@ strip_prefix = true
 upstream = "a"
 
 [[routes]]
+name = "users"
+path = "/users/{{id}}/orders/{{order}}"
+rewrite = "/v2/orders/{{order}}?user={{id}}"
+upstream = "b"
+
+[[routes]]
+path_prefix = "/tenants/{{t}}/api"
+rewrite = "/{{t}}"
+headers = {{ x-version = "2", x-tenant = "*" }}
+upstream = "b"
+
+[[routes]]
 host = "*.example.org"
 methods = ["GET"]
 upstream = "b"
@@ -177,20 +63,21 @@ upstream = "dead"
 "#,
         a1.addr, a2.addr, b.addr
     );
-    let config = config(&setup, port, &rest);
+    let config = web::write_config(&setup, port, "", &rest);
     let daemon = Daemon::start_local(&setup, &config);
+    let client = http1();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let at = |host: &str, path: &str, headers: &[(&str, &str)]| get(&url(path), host, headers);
 
     // Fixed response, with a generated request id.
-    let r = send(port, "GET", "anything", "/healthz", &[]).await;
+    let r = send(&client, at("anything", "/healthz", &[])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json, serde_json::json!({"ok": true}));
     assert!(r.headers.get("x-request-id").is_some());
 
     // Host and prefix route: the prefix is stripped, the query kept, forwarding headers set,
     // hop-by-hop headers dropped both ways, a valid request id kept.
-    let r = send(
-        port,
-        "POST",
+    let mut req = at(
         "api.example.com",
         "/v1/users/7?x=1",
         &[
@@ -199,8 +86,9 @@ upstream = "dead"
             ("connection", "x-secret"),
             ("x-secret", "hop"),
         ],
-    )
-    .await;
+    );
+    *req.method_mut() = hyper::Method::POST;
+    let r = send(&client, req).await;
     assert_eq!(r.status, 200, "{:?}", r.json);
     assert_eq!(r.json["uri"], "/users/7?x=1");
     assert_eq!(r.json["method"], "POST");
@@ -226,63 +114,89 @@ upstream = "dead"
 
     // An invalid request id is replaced.
     let r = send(
-        port,
-        "GET",
-        "api.example.com",
-        "/v1",
-        &[("x-request-id", "bad id\"")],
+        &client,
+        at("api.example.com", "/v1", &[("x-request-id", "bad id\"")]),
     )
     .await;
     assert_eq!(r.json["uri"], "/");
     assert_ne!(r.headers["x-request-id"], "bad id\"");
 
-    // Round-robin over the two targets.
-    let before = (
-        a1.served.load(Ordering::Relaxed),
-        a2.served.load(Ordering::Relaxed),
-    );
-    for _ in 0..10 {
-        assert_eq!(
-            send(port, "GET", "api.example.com", "/v1/x", &[])
-                .await
-                .status,
-            200
-        );
-    }
-    let after = (
-        a1.served.load(Ordering::Relaxed),
-        a2.served.load(Ordering::Relaxed),
-    );
-    assert_eq!((after.0 - before.0, after.1 - before.1), (5, 5));
-
-    // Wildcard host with a method filter; the prefix must end on a segment boundary.
-    let r = send(port, "GET", "eu.api.example.org", "/any", &[]).await;
-    assert_eq!(r.json["upstream"], "b");
+    // Templates: captures go into the rewrite; the query the client sent is kept after it.
+    let r = send(&client, at("x", "/users/42/orders/7", &[])).await;
+    assert_eq!(r.json["uri"], "/v2/orders/7?user=42", "{:?}", r.json);
     assert_eq!(
-        send(port, "POST", "eu.api.example.org", "/any", &[])
+        send(&client, at("x", "/users/42/orders", &[])).await.status,
+        404
+    );
+    // Header matching: both headers needed, x-version exactly.
+    let hdrs = [("x-version", "2"), ("x-tenant", "t1")];
+    let r = send(&client, at("x", "/tenants/acme/api/items/3", &hdrs)).await;
+    assert_eq!(r.json["uri"], "/acme/items/3", "{:?}", r.json);
+    let wrong = [("x-version", "3"), ("x-tenant", "t1")];
+    assert_eq!(
+        send(&client, at("x", "/tenants/acme/api/items", &wrong))
             .await
             .status,
         404
     );
     assert_eq!(
-        send(port, "GET", "example.org", "/any", &[]).await.status,
+        send(&client, at("x", "/tenants/acme/api/items", &hdrs[..1]))
+            .await
+            .status,
+        404
+    );
+
+    // Dot segments are resolved before routing: no climbing out of a prefix.
+    let r = send(
+        &client,
+        at("api.example.com", "/v1/../v1/./x/%2e%2e/y", &[]),
+    )
+    .await;
+    assert_eq!(r.json["uri"], "/y", "{:?}", r.json);
+    assert_eq!(
+        send(&client, at("api.example.com", "/v1/../admin", &[]))
+            .await
+            .status,
+        404
+    );
+
+    // Round-robin over the two targets.
+    let before = (a1.served(), a2.served());
+    for _ in 0..10 {
+        assert_eq!(
+            send(&client, at("api.example.com", "/v1/x", &[]))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!((a1.served() - before.0, a2.served() - before.1), (5, 5));
+
+    // Wildcard host with a method filter; the prefix must end on a segment boundary.
+    let r = send(&client, at("eu.api.example.org", "/any", &[])).await;
+    assert_eq!(r.json["upstream"], "b");
+    let mut post = at("eu.api.example.org", "/any", &[]);
+    *post.method_mut() = hyper::Method::POST;
+    assert_eq!(send(&client, post).await.status, 404);
+    assert_eq!(
+        send(&client, at("example.org", "/any", &[])).await.status,
         404
     );
     assert_eq!(
-        send(port, "GET", "api.example.com", "/v1x", &[])
+        send(&client, at("api.example.com", "/v1x", &[]))
             .await
             .status,
         404
     );
 
     // No route: 404; a dead upstream: 502; both JSON with the request id.
-    let r = send(port, "GET", "nowhere.test", "/", &[]).await;
+    let r = send(&client, at("nowhere.test", "/", &[])).await;
     assert_eq!(r.status, 404);
     assert_eq!(
         r.json["request_id"],
         r.headers["x-request-id"].to_str().unwrap()
     );
-    let r = send(port, "GET", "x", "/dead/1", &[("x-request-id", "dead-1")]).await;
+    let r = send(&client, at("x", "/dead/1", &[("x-request-id", "dead-1")])).await;
     assert_eq!(r.status, 502, "{:?}", r.json);
     assert_eq!(r.json["request_id"], "dead-1");
     assert!(r.json["error"]
@@ -293,32 +207,317 @@ upstream = "dead"
     assert!(daemon.stop().success());
 }
 
-#[test]
-fn bad_proxy_config_is_refused_with_file_line_and_key() {
-    let setup = Setup::new();
+/// Sends `n` GETs to `path` with `headers`; counts answers by upstream name.
+async fn spread(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> HashMap<String, usize> {
+    let client = http1();
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let r = send(
+            &client,
+            get(&format!("http://127.0.0.1:{port}{path}"), "x", headers),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        *seen
+            .entry(r.json["upstream"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancing_follows_weights_load_and_keys() {
+    let u1 = Upstream::start("u1").await;
+    let u2 = Upstream::start("u2").await;
+    let u3 = Upstream::start("u3").await;
     let port = free_port();
-    let config = config(
-        &setup,
-        port,
-        "[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"a\"\n\n[[routes]]\npath = \"/x\"\nupstream = \"missing\"\n",
+    let setup = Setup::new();
+    let rest = format!(
+        r#"
+[upstreams.weighted]
+targets = [{{ address = "{a}", weight = 3 }}, "{b}"]
+
+[upstreams.least]
+balance = "least_outstanding"
+targets = ["{a}", "{b}"]
+
+[upstreams.hashed]
+balance = "hash"
+hash_on = "header:x-user"
+targets = ["{a}", "{b}", "{c}"]
+
+[upstreams.by_ip]
+balance = "hash"
+targets = ["{a}", "{b}", "{c}"]
+
+[[routes]]
+path_prefix = "/weighted"
+upstream = "weighted"
+
+[[routes]]
+path_prefix = "/least"
+upstream = "least"
+
+[[routes]]
+path_prefix = "/hashed"
+upstream = "hashed"
+
+[[routes]]
+path_prefix = "/by-ip"
+upstream = "by_ip"
+"#,
+        a = u1.addr,
+        b = u2.addr,
+        c = u3.addr
     );
-    let out = std::process::Command::new(integration_tests::harness::gateway_bin())
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let line = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .position(|l| l.contains("\"missing\""))
-        .unwrap()
-        + 1;
+    let config = web::write_config(&setup, port, "", &rest);
+    let daemon = Daemon::start_local(&setup, &config);
+
+    // Weight 3 to 1, exactly, over whole rounds.
+    let seen = spread(port, "/weighted", &[], 40).await;
+    assert_eq!((seen["u1"], seen["u2"]), (30, 10), "{seen:?}");
+
+    // Least outstanding: while u1 holds slow requests, the others go to u2.
+    let client = http1();
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            let url = format!("http://127.0.0.1:{port}/least");
+            tokio::spawn(async move {
+                send(&client, get(&url, "x", &[("x-test-sleep-ms", "1500")])).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = spread(port, "/least", &[], 10).await;
+    for s in slow {
+        assert_eq!(s.await.unwrap().status, 200);
+    }
+    // The three slow requests went two to one target and one to the other (ties rotate); the
+    // target with fewer in flight takes all ten quick ones.
+    assert!(seen.values().any(|&n| n == 10), "{seen:?}");
+
+    // Hash on a header: a key sticks to its target; keys spread over all targets.
+    let mut owner = HashMap::new();
+    for user in 0..30 {
+        let key = format!("user-{user}");
+        let seen = spread(port, "/hashed", &[("x-user", &key)], 3).await;
+        assert_eq!(seen.len(), 1, "{key} moved: {seen:?}");
+        owner.insert(key, seen.into_keys().next().unwrap());
+    }
+    let targets: std::collections::HashSet<_> = owner.values().collect();
+    assert_eq!(
+        targets.len(),
+        3,
+        "30 keys should reach all 3 targets: {owner:?}"
+    );
+    // Hash on the client address: one client, one target.
+    assert_eq!(spread(port, "/by-ip", &[], 6).await.len(), 1);
+
+    // Consistency: a target that leaves takes only its own keys elsewhere.
+    u3.stop();
+    drop(u3);
+    for (key, was) in &owner {
+        let r = send(
+            &client,
+            get(
+                &format!("http://127.0.0.1:{port}/hashed"),
+                "x",
+                &[("x-user", key)],
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{key}: {:?}", r.json);
+        if was != "u3" {
+            assert_eq!(
+                r.json["upstream"],
+                was.as_str(),
+                "{key} moved although its target stayed"
+            );
+        }
+    }
+    assert!(daemon.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_retries_ejection_health_checks_and_timeouts() {
+    let live = Upstream::start("live").await;
+    let sick = Upstream::start("sick").await;
+    let dead = free_port();
+    let port = free_port();
+    let setup = Setup::new();
+    let rest = format!(
+        r#"
+[upstreams.failover]
+targets = ["127.0.0.1:{dead}", "{live}"]
+retries = 1
+outlier = {{ consecutive_failures = 3, ejection_time = "1h" }}
+
+[upstreams.checked]
+targets = ["{live}", "{sick}"]
+health_check = {{ path = "/healthz", interval = "100ms", timeout = "1s", healthy_threshold = 2, unhealthy_threshold = 2 }}
+
+[upstreams.slow]
+targets = ["{live}"]
+
+[[routes]]
+path_prefix = "/failover"
+upstream = "failover"
+
+[[routes]]
+path_prefix = "/checked"
+upstream = "checked"
+
+[[routes]]
+path_prefix = "/slow"
+upstream = "slow"
+timeout = "300ms"
+"#,
+        live = live.addr,
+        sick = sick.addr,
+    );
+    let config = web::write_config(&setup, port, "", &rest);
+    let metrics_addr = web::with_metrics(&config);
+    let daemon = Daemon::start_local(&setup, &config);
+    let client = http1();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    // Every request succeeds: the refused connection is retried on the live target.
+    for _ in 0..6 {
+        let r = send(&client, get(&url("/failover/x"), "x", &[])).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        assert_eq!(r.json["upstream"], "live");
+    }
+    let m = web::scrape(metrics_addr).await;
+    let dead_label = format!("127.0.0.1:{dead}");
+    assert_eq!(
+        web::metric(
+            &m,
+            &format!(
+                "gateway_upstream_ejections_total{{target=\"{dead_label}\",upstream=\"failover\"}}"
+            )
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // Ejected after 3 failures: the retries stop, since the dead target is no longer tried.
+    let retries = web::metric(&m, "gateway_upstream_retries_total{upstream=\"failover\"}").unwrap();
+    assert_eq!(retries, 3.0, "{m}");
+    for _ in 0..4 {
+        assert_eq!(
+            send(&client, get(&url("/failover/y"), "x", &[]))
+                .await
+                .status,
+            200
+        );
+    }
+    let m = web::scrape(metrics_addr).await;
+    assert_eq!(
+        web::metric(&m, "gateway_upstream_retries_total{upstream=\"failover\"}"),
+        Some(3.0)
+    );
+
+    // Health checks: a target failing them leaves the pool, and comes back once it passes.
+    sick.health.store(500, std::sync::atomic::Ordering::Relaxed);
+    let gauge = format!(
+        "gateway_upstream_target_healthy{{target=\"{}\",upstream=\"checked\"}}",
+        sick.addr
+    );
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = web::scrape(metrics_addr).await;
+        if web::metric(&m, &gauge) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(web::metric(&m, &gauge), Some(0.0), "{m}");
+    let before = sick.served();
+    for _ in 0..6 {
+        let r = send(&client, get(&url("/checked"), "x", &[])).await;
+        assert_eq!(r.json["upstream"], "live");
+    }
+    assert_eq!(sick.served(), before, "an unhealthy target got requests");
+    // Both unhealthy: 503 with the request id.
+    live.health.store(503, std::sync::atomic::Ordering::Relaxed);
+    let live_gauge = format!(
+        "gateway_upstream_target_healthy{{target=\"{}\",upstream=\"checked\"}}",
+        live.addr
+    );
+    for _ in 0..50 {
+        if web::metric(&web::scrape(metrics_addr).await, &live_gauge) == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = send(
+        &client,
+        get(&url("/checked"), "x", &[("x-request-id", "none-healthy")]),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    assert_eq!(r.json["request_id"], "none-healthy");
     assert!(
-        stderr.contains(&format!(
-            "gateway.toml:{line}: routes[1].upstream: no upstream `missing`"
-        )),
-        "{stderr}"
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("no healthy target"),
+        "{:?}",
+        r.json
     );
+    // Recovery.
+    sick.health.store(200, std::sync::atomic::Ordering::Relaxed);
+    live.health.store(200, std::sync::atomic::Ordering::Relaxed);
+    let mut recovered = false;
+    for _ in 0..50 {
+        let m = web::scrape(metrics_addr).await;
+        if web::metric(&m, &gauge) == Some(1.0) && web::metric(&m, &live_gauge) == Some(1.0) {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "targets did not recover");
+    let seen = spread(port, "/checked", &[], 6).await;
+    assert_eq!((seen["live"], seen["sick"]), (3, 3), "{seen:?}");
+    assert!(
+        eventually(Duration::from_secs(1), || sick
+            .checks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 4)
+        .await
+    );
+
+    // Timeouts: 504 with the request id, well before the upstream answers.
+    let started = std::time::Instant::now();
+    let r = send(
+        &client,
+        get(
+            &url("/slow"),
+            "x",
+            &[("x-test-sleep-ms", "3000"), ("x-request-id", "slow-1")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{:?}", r.json);
+    assert_eq!(r.json["request_id"], "slow-1");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // An upstream's own 503 on a GET is retried on another target only when there is one.
+    let r = send(
+        &client,
+        get(&url("/slow"), "x", &[("x-test-status", "503")]),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.json["upstream"], "live",
+        "the upstream's own answer comes through"
+    );
+
+    assert!(daemon.stop().success());
 }

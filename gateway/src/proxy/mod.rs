@@ -1,0 +1,797 @@
+//! The reverse proxy: listeners, routing, and forwarding to upstream pools.
+//!
+//! Per request: normalise the path, pick the first route that matches host, path, method and
+//! headers; answer with its fixed response, or forward to a target of its upstream pool with
+//! the forwarding headers set and the hop-by-hop headers removed, retrying on another target
+//! when that is safe. Every response carries the request id; errors are JSON bodies that carry
+//! it too. When the response ends, the request is counted in the metrics and written to the
+//! audit log.
+
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
+use hyper::{
+    body::{Body as _, Frame, Incoming, SizeHint},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
+use prometheus::{Histogram, IntCounter};
+
+use self::{
+    route::{Matcher, PathRewrite},
+    server::ConnInfo,
+    upstream::{InFlight, Outcome, Pool, UpstreamClient},
+};
+use crate::{
+    audit::{self, Audit},
+    config::{Config, RouteConfig, UpstreamProtocol},
+    metrics::{self, METRICS},
+    xdp::error_chain,
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request body on its way to an upstream.
+pub type ReqBody = BoxBody<Bytes, BoxError>;
+/// A response body on its way to the client.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The request id header, kept when the client sends a valid one.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What a connection is held to; from `[proxy]`.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// One config generation: routes, pools, TLS and limits. Replaced whole on reload.
+pub struct Proxy {
+    routes: Vec<Route>,
+    /// Counts requests that matched no route.
+    unrouted: Arc<RouteMetrics>,
+    pub limits: Limits,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connection settings for client connections (HTTP/1.1 and HTTP/2 limits).
+    builder: auto::Builder<TokioExecutor>,
+    ids: RequestIds,
+    audit: Arc<Audit>,
+}
+
+struct Route {
+    name: Arc<str>,
+    matcher: Matcher,
+    rewrite: PathRewrite,
+    action: Action,
+    timeout: Duration,
+    metrics: Arc<RouteMetrics>,
+}
+
+/// A route's metric handles, resolved once so requests skip the label lookups.
+struct RouteMetrics {
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics {
+            by_class: metrics::CLASSES.map(|c| METRICS.requests.with_label_values(&[name, c])),
+            duration: METRICS.duration.with_label_values(&[name]),
+        })
+    }
+}
+
+enum Action {
+    Forward {
+        pool: Arc<Pool>,
+        client: Box<UpstreamClient>,
+        version: Version,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without a syscall.
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        RequestIds {
+            // Ids only need to be unique, not secret: the time will do if getrandom fails.
+            prefix: crate::xdp::random_seed().unwrap_or_else(|_| {
+                SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or_default()
+            }),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Relaxed);
+        format!("{:016x}{n:016x}", self.prefix)
+    }
+}
+
+/// A request id the client sent is kept when it is 1 to 128 characters of letters, digits and
+/// `-_.:`; anything else is replaced, so no one can inject text into logs or upstreams.
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+impl Proxy {
+    /// Builds the generation of `config` (already validated): loads the certificates, makes
+    /// the pools' clients and starts their health checks.
+    pub fn new(config: &Config, audit: Arc<Audit>) -> Result<Proxy, String> {
+        let p = &config.proxy;
+        let mut pools = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let pool = Arc::new(
+                Pool::new(name, u, p.connect_timeout)
+                    .map_err(|e| format!("upstreams.{name}: {e}"))?,
+            );
+            pool.start_health_checks();
+            pools.insert(name.as_str(), pool);
+        }
+        let mut clients: HashMap<(&str, Duration), UpstreamClient> = HashMap::new();
+        let mut routes = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let name: Arc<str> = match &r.name {
+                Some(n) => n.as_str().into(),
+                None => format!("routes[{i}]").into(),
+            };
+            let action = route_action(r, &pools, &mut clients, p.connect_timeout)
+                .map_err(|e| format!("routes[{i}]: {e}"))?;
+            let (matcher, rewrite) = Matcher::new(r);
+            routes.push(Route {
+                metrics: RouteMetrics::new(&name),
+                name,
+                matcher,
+                rewrite,
+                action,
+                timeout: r.timeout.unwrap_or(p.timeout),
+            });
+        }
+        let tls = match &p.tls {
+            Some(t) if !t.listen.is_empty() => Some(crate::tls::server_config(t)?),
+            _ => None,
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(p.header_read_timeout)
+            .max_buf_size(p.max_header_bytes as usize)
+            .max_headers(p.max_headers as usize);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(p.max_header_bytes)
+            .max_concurrent_streams(256);
+        Ok(Proxy {
+            routes,
+            unrouted: RouteMetrics::new("none"),
+            limits: Limits {
+                max_connections: p.max_connections,
+                max_body_bytes: p.max_body_bytes,
+                header_read_timeout: p.header_read_timeout,
+                idle_timeout: p.idle_timeout,
+                shutdown_timeout: p.shutdown_timeout,
+            },
+            tls,
+            builder,
+            ids: RequestIds::new(),
+            audit,
+        })
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let id = match req.headers().get(REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.to_str().unwrap_or_default().to_string(),
+            _ => self.ids.next(),
+        };
+        let host = request_host(&req);
+        let path = route::normalize_path(req.uri().path()).into_owned();
+        let found = self.routes.iter().find_map(|r| {
+            r.matcher
+                .matches(
+                    host.as_deref(),
+                    &path,
+                    req.method(),
+                    req.headers(),
+                    &r.rewrite,
+                )
+                .map(|forward| (r, forward.into_owned()))
+        });
+        let audit = self.audit.enabled().then(|| {
+            Box::new(Record {
+                time: SystemTime::now(),
+                id: id.clone(),
+                client: conn.client,
+                method: req.method().clone(),
+                host: host.clone(),
+                path: path.clone(),
+                route: found.as_ref().map(|(r, _)| r.name.clone()),
+                upstream: None,
+                target: None,
+                error: None,
+                bytes_in: Arc::new(AtomicU64::new(0)),
+            })
+        });
+        let mut done = Done {
+            started,
+            metrics: found
+                .as_ref()
+                .map_or(&self.unrouted, |(r, _)| &r.metrics)
+                .clone(),
+            audit,
+            sink: self.audit.clone(),
+            status: 0,
+            bytes_out: 0,
+            in_flight: None,
+        };
+        let mut response = match found {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no route matches the request",
+                &id,
+                &mut done,
+            ),
+            Some((route, forward_path)) => match &route.action {
+                Action::Respond { status, body } => {
+                    let mut response = Response::new(full(body.clone()));
+                    *response.status_mut() = *status;
+                    if !body.is_empty() {
+                        response.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        );
+                    }
+                    response
+                }
+                Action::Forward {
+                    pool,
+                    client,
+                    version,
+                } => {
+                    let fwd = Forward {
+                        pool,
+                        client,
+                        version: *version,
+                        conn,
+                        host: host.as_deref(),
+                        path: &forward_path,
+                        timeout: route.timeout,
+                        id: &id,
+                    };
+                    self.forward(req, fwd, &mut done).await
+                }
+            },
+        };
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        done.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        Response::from_parts(
+            parts,
+            Tracked {
+                inner: body,
+                done: Some(done),
+            }
+            .boxed(),
+        )
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        f: Forward<'_>,
+        done: &mut Done,
+    ) -> Response<Body> {
+        let max_body = self.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is larger than {max_body} bytes"),
+                f.id,
+                done,
+            );
+        }
+        let (mut parts, body) = req.into_parts();
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let bodiless = body.is_end_stream();
+        let counter = done.audit.as_ref().map(|a| a.bytes_in.clone());
+        let mut body = Some(
+            Limited {
+                inner: body,
+                left: max_body,
+                seen: counter,
+            }
+            .boxed(),
+        );
+        let path_and_query = match (parts.uri.query(), f.path.contains('?')) {
+            (Some(q), true) => format!("{}&{q}", f.path),
+            (Some(q), false) => format!("{}?{q}", f.path),
+            (None, _) => f.path.to_string(),
+        };
+        remove_hop_by_hop(&mut parts.headers);
+        add_forwarding(&mut parts.headers, f.conn, f.host, f.id);
+        let client_ip = f.conn.client.ip();
+        let deadline = tokio::time::Instant::now() + f.timeout;
+        let pool = f.pool;
+        pool.deposit();
+        let mut tried: Vec<usize> = Vec::new();
+        // A failed attempt that may be retried: its answer, given to the client when no retry
+        // happens after all.
+        let mut failed: Option<Response<Body>> = None;
+        loop {
+            let picked = pool.pick(client_ip, &parts.headers, &tried);
+            let i = match (picked, failed.take()) {
+                (Some(i), None) => i,
+                (Some(i), Some(previous)) => {
+                    if !pool.withdraw() {
+                        return previous;
+                    }
+                    tracing::debug!(upstream = %pool.name, request_id = f.id, "retrying on another target");
+                    i
+                }
+                (None, Some(previous)) => return previous,
+                (None, None) => {
+                    let message = format!("upstream {}: no healthy target", pool.name);
+                    return error(StatusCode::SERVICE_UNAVAILABLE, &message, f.id, done);
+                }
+            };
+            tried.push(i);
+            let target = &pool.targets[i];
+            done.set_target(&pool.name, &target.label);
+            let guard = pool.begin(i);
+            let uri: Uri =
+                match format!("{}://{}{path_and_query}", pool.scheme, target.addr).parse() {
+                    Ok(u) => u,
+                    Err(e) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("bad request target: {e}"),
+                            f.id,
+                            done,
+                        )
+                    }
+                };
+            let mut request = Request::new(body.take().unwrap_or_else(empty));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = f.version;
+            *request.headers_mut() = parts.headers.clone();
+            let may_retry = tried.len() <= pool.retries as usize && bodiless;
+            match tokio::time::timeout_at(deadline, f.client.request(request)).await {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let bad = matches!(status.as_u16(), 502..=504);
+                    pool.report(
+                        i,
+                        if bad {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        },
+                    );
+                    let (mut parts, body) = response.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    done.in_flight = Some(guard);
+                    let response =
+                        Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+                    if bad && idempotent && may_retry {
+                        failed = Some(response);
+                        continue;
+                    }
+                    return response;
+                }
+                Ok(Err(e)) => {
+                    if is_too_large(&e) {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("the request body is larger than {max_body} bytes"),
+                            f.id,
+                            done,
+                        );
+                    }
+                    pool.report(i, Outcome::Failure);
+                    let message = format!(
+                        "upstream {} target {}: {}",
+                        pool.name,
+                        target.label,
+                        error_chain(&e)
+                    );
+                    tracing::debug!(request_id = f.id, %message, "upstream error");
+                    let response = error(StatusCode::BAD_GATEWAY, &message, f.id, done);
+                    if (e.is_connect() || idempotent) && may_retry {
+                        failed = Some(response);
+                        continue;
+                    }
+                    return response;
+                }
+                Err(_) => {
+                    pool.report(i, Outcome::Failure);
+                    let message = format!(
+                        "upstream {} target {} did not answer within {:?}",
+                        pool.name, target.label, f.timeout
+                    );
+                    return error(StatusCode::GATEWAY_TIMEOUT, &message, f.id, done);
+                }
+            }
+        }
+    }
+}
+
+/// What [`Proxy::forward`] needs to know besides the request.
+struct Forward<'a> {
+    pool: &'a Arc<Pool>,
+    client: &'a UpstreamClient,
+    version: Version,
+    conn: ConnInfo,
+    host: Option<&'a str>,
+    path: &'a str,
+    timeout: Duration,
+    id: &'a str,
+}
+
+fn route_action<'c>(
+    r: &'c RouteConfig,
+    pools: &HashMap<&str, Arc<Pool>>,
+    clients: &mut HashMap<(&'c str, Duration), UpstreamClient>,
+    default_connect: Duration,
+) -> Result<Action, String> {
+    if let Some(respond) = &r.respond {
+        return Ok(Action::Respond {
+            status: StatusCode::from_u16(respond.status).unwrap_or(StatusCode::OK),
+            body: respond
+                .json
+                .as_ref()
+                .map(|v| Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+                .unwrap_or_default(),
+        });
+    }
+    let name = r
+        .upstream
+        .as_deref()
+        .ok_or("neither upstream nor respond")?;
+    let pool = pools
+        .get(name)
+        .ok_or_else(|| format!("no upstream `{name}`"))?
+        .clone();
+    let connect = r.connect_timeout.unwrap_or(default_connect);
+    let client = match clients.get(&(name, connect)) {
+        Some(c) => c.clone(),
+        None if connect == default_connect => pool.client.clone(),
+        None => {
+            let c = pool.client_with(connect)?;
+            clients.insert((name, connect), c.clone());
+            c
+        }
+    };
+    let version = match pool.protocol() {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    Ok(Action::Forward {
+        pool,
+        client: Box::new(client),
+        version,
+    })
+}
+
+fn is_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<BodyTooLarge>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// What the audit log needs to know of a request, gathered along the way.
+struct Record {
+    time: SystemTime,
+    id: String,
+    client: SocketAddr,
+    method: Method,
+    host: Option<String>,
+    path: String,
+    route: Option<Arc<str>>,
+    upstream: Option<String>,
+    target: Option<String>,
+    error: Option<String>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+/// Accounts for a request when its response ends: metrics, and the audit line.
+struct Done {
+    started: Instant,
+    metrics: Arc<RouteMetrics>,
+    audit: Option<Box<Record>>,
+    sink: Arc<Audit>,
+    status: u16,
+    bytes_out: u64,
+    /// The target's in-flight count, held until the response body ends.
+    in_flight: Option<InFlight>,
+}
+
+impl Done {
+    fn set_target(&mut self, upstream: &str, target: &str) {
+        if let Some(a) = self.audit.as_mut() {
+            a.upstream = Some(upstream.to_string());
+            a.target = Some(target.to_string());
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        self.metrics.by_class[metrics::class(self.status)].inc();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let Some(a) = self.audit.take() else { return };
+        let time = humantime::format_rfc3339_millis(a.time).to_string();
+        self.sink.record(&audit::Line {
+            time,
+            request_id: &a.id,
+            client: a.client.ip().to_canonical().to_string(),
+            method: a.method.as_str(),
+            host: a.host.as_deref(),
+            path: &a.path,
+            route: a.route.as_deref(),
+            upstream: a.upstream.as_deref(),
+            target: a.target.as_deref(),
+            status: self.status,
+            bytes_in: a.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            error: a.error.as_deref(),
+        });
+    }
+}
+
+/// The response body, counted; the request is accounted for when it ends or is dropped.
+struct Tracked {
+    inner: Body,
+    done: Option<Done>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(done)) = (frame.data_ref(), self.done.as_mut()) {
+                    done.bytes_out += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.done = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body, cut off with [`BodyTooLarge`] past the limit, and counted.
+struct Limited {
+    inner: Incoming,
+    left: u64,
+    /// Bytes passed on, for the audit log.
+    seen: Option<Arc<AtomicU64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the limit")]
+struct BodyTooLarge;
+
+impl hyper::body::Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.left {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    self.left -= n;
+                    if let Some(seen) = &self.seen {
+                        seen.fetch_add(n, Relaxed);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request's host, lower case and without a port: the URI's authority (HTTP/2, absolute
+/// form) or the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: hyper::http::uri::Authority = h.parse().ok()?;
+            authority.host().to_string()
+        }
+    };
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 section 7.6.1: those the Connection header
+/// names, and the fixed set.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sets X-Forwarded-For (appended), -Proto and -Host, Forwarded (appended), the Host the
+/// client asked for, and the request id.
+fn add_forwarding(headers: &mut HeaderMap, conn: ConnInfo, host: Option<&str>, id: &str) {
+    let ip = conn.client.ip().to_canonical();
+    let proto = if conn.tls { "https" } else { "http" };
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip.to_string(),
+    };
+    let for_value = match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let mut forwarded = format!("for={for_value};proto={proto}");
+    if let Some(h) = host {
+        forwarded.push_str(&format!(";host=\"{h}\""));
+    }
+    if let Some(prior) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        forwarded = format!("{prior}, {forwarded}");
+    }
+    let has_host = headers.contains_key(header::HOST);
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-forwarded-for", &xff);
+    set("x-forwarded-proto", proto);
+    set("forwarded", &forwarded);
+    set(REQUEST_ID, id);
+    if let Some(h) = host {
+        set("x-forwarded-host", h);
+        // Keep the original Host for the upstream (the client's, not the target's address).
+        if !has_host {
+            set("host", h);
+        }
+    }
+}
+
+fn full(body: Bytes) -> Body {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> ReqBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A JSON error response carrying the request id; the message also goes to the audit log.
+fn error(status: StatusCode, message: &str, id: &str, done: &mut Done) -> Response<Body> {
+    if let Some(a) = done.audit.as_mut() {
+        a.error = Some(message.to_string());
+    }
+    let body = serde_json::json!({
+        "error": message,
+        "status": status.as_u16(),
+        "request_id": id,
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

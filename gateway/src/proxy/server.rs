@@ -1,0 +1,345 @@
+//! The proxy's listeners and client connections: plain and TLS accept loops, connection limits,
+//! idle and header-read timeouts, and graceful shutdown.
+//!
+//! Every request is handled by the config generation current when it arrives
+//! ([`Shared::proxy`]), so a reload applies to open keep-alive connections too, without closing
+//! them.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use super::Proxy;
+use crate::{config::Config, metrics::METRICS};
+
+/// What every listener and connection shares.
+pub struct Shared {
+    /// The config generation in force.
+    pub proxy: ArcSwap<Proxy>,
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Turns true when the daemon shuts down: connections finish their requests and close.
+    closing: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(proxy: Proxy) -> Arc<Shared> {
+        Arc::new(Shared {
+            proxy: ArcSwap::from_pointee(proxy),
+            open: AtomicUsize::new(0),
+            closing: watch::channel(false).0,
+        })
+    }
+}
+
+/// How a client reached the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub tls: bool,
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The listeners open now, by address and kind (plain or TLS).
+pub struct Listeners {
+    shared: Arc<Shared>,
+    running: HashMap<(SocketAddr, bool), Running>,
+}
+
+impl Listeners {
+    pub fn new(shared: Arc<Shared>) -> Listeners {
+        Listeners {
+            shared,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Makes the listeners those of `config`: binds the new ones first (all or nothing, so a
+    /// failure changes nothing), then stops accepting on the ones it no longer has. Open
+    /// connections of a removed listener are left to finish.
+    pub async fn apply(&mut self, config: &Config) -> Result<(), String> {
+        let mut wanted: Vec<(SocketAddr, bool)> =
+            config.proxy.listen.iter().map(|a| (*a, false)).collect();
+        if let Some(tls) = &config.proxy.tls {
+            wanted.extend(tls.listen.iter().map(|a| (*a, true)));
+        }
+        let mut bound = Vec::new();
+        for key in &wanted {
+            if self.running.contains_key(key) {
+                continue;
+            }
+            let (addr, tls) = *key;
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                let key = if tls {
+                    "proxy.tls.listen"
+                } else {
+                    "proxy.listen"
+                };
+                format!("{key}: cannot listen on {addr}: {e}")
+            })?;
+            bound.push((*key, listener));
+        }
+        for (key, listener) in bound {
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(accept(listener, key.1, self.shared.clone(), stopped));
+            self.running.insert(key, Running { stop, task });
+        }
+        let gone: Vec<_> = self
+            .running
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(r) = self.running.remove(&key) {
+                let _ = r.stop.send(true);
+                let _ = r.task.await;
+                tracing::info!(listen = %key.0, tls = key.1, "listener closed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, asks every connection to close after its requests, and waits for them
+    /// up to `deadline`; what is still open then is cut when the runtime ends.
+    pub async fn shutdown(mut self, deadline: Duration) {
+        for (_, r) in self.running.drain() {
+            let _ = r.stop.send(true);
+            let _ = r.task.await;
+        }
+        let _ = self.shared.closing.send(true);
+        let until = Instant::now() + deadline;
+        while self.shared.open.load(Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.open.load(Relaxed);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "shutdown deadline reached; cutting the connections still open"
+            );
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    tls: bool,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::info!(listen = ?listener.local_addr().ok(), tls, "proxy listening");
+    loop {
+        let (stream, client) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "proxy accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let max = shared.proxy.load().limits.max_connections as usize;
+        if shared.open.fetch_add(1, Relaxed) >= max {
+            shared.open.fetch_sub(1, Relaxed);
+            METRICS.connections_refused.inc();
+            tracing::debug!(%client, max, "connection refused: proxy.max_connections open");
+            continue;
+        }
+        METRICS.connections.inc();
+        METRICS.open_connections.inc();
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let info = ConnInfo { client, tls };
+            connection(stream, info, &shared).await;
+            shared.open.fetch_sub(1, Relaxed);
+            METRICS.open_connections.dec();
+        });
+    }
+}
+
+async fn connection(stream: TcpStream, info: ConnInfo, shared: &Arc<Shared>) {
+    let proxy = shared.proxy.load_full();
+    let activity = Arc::new(Activity::default());
+    let stream = Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    if info.tls {
+        let Some(config) = proxy.tls.clone() else {
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake =
+            tokio::time::timeout(proxy.limits.header_read_timeout, acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(tls)) => serve(tls, info, shared, &proxy, activity).await,
+            Ok(Err(e)) => {
+                METRICS.tls_handshake_failures.inc();
+                tracing::debug!(client = %info.client, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                METRICS.tls_handshake_failures.inc();
+                tracing::debug!(client = %info.client, "TLS handshake timed out");
+            }
+        }
+    } else {
+        serve(stream, info, shared, &proxy, activity).await;
+    }
+}
+
+async fn serve<S>(
+    io: S,
+    info: ConnInfo,
+    shared: &Arc<Shared>,
+    proxy: &Proxy,
+    activity: Arc<Activity>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let activity = activity.clone();
+            async move {
+                activity.in_flight.fetch_add(1, Relaxed);
+                let proxy = shared.proxy.load_full();
+                let response = proxy.handle(req, info).await;
+                activity.in_flight.fetch_sub(1, Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let conn = proxy.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = shared.closing.subscribe();
+    let idle = proxy.limits.idle_timeout;
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = (activity.ops.load(Relaxed), Instant::now());
+    let mut shutting = *closing.borrow();
+    if shutting {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %info.client, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = closing.changed(), if !shutting => {
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !shutting => {
+                let ops = activity.ops.load(Relaxed);
+                if ops != seen.0 || activity.in_flight.load(Relaxed) > 0 {
+                    seen = (ops, Instant::now());
+                } else if seen.1.elapsed() >= idle {
+                    tracing::debug!(client = %info.client, ?idle, "idle connection closed");
+                    shutting = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// A connection's traffic, for the idle timeout.
+#[derive(Default)]
+struct Activity {
+    /// Reads and writes that moved bytes.
+    ops: AtomicU64,
+    /// Requests being handled (up to their response head).
+    in_flight: AtomicUsize,
+}
+
+/// A stream that counts its reads and writes.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            self.activity.ops.fetch_add(1, Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.ops.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.ops.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
