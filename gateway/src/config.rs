@@ -1213,9 +1213,13 @@ mod tests {
         assert_eq!(c.xdp.interface.as_deref(), Some("eth0"));
         assert_eq!(c.xdp.ratelimit.pps, 20000);
         assert_eq!(c.proxy.listen, ["0.0.0.0:8080".parse().unwrap()]);
-        assert_eq!(c.upstreams["api"].targets.len(), 2);
-        assert_eq!(c.routes.len(), 2);
-        assert_eq!(c.routes[1].timeout, Some(Duration::from_secs(10)));
+        let api = &c.upstreams["api"];
+        assert_eq!(api.targets[1].weight, 2);
+        assert_eq!(api.health_check, Some(HealthCheckConfig::default()));
+        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.routes[2].timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.routes[1].rewrite.as_deref(), Some("/users/{id}"));
+        assert_eq!(c.admin.metrics_listen, Some("127.0.0.1:9901".parse().unwrap()));
         // Every other key the example sets is a default.
         let defaults = Config {
             xdp: XdpConfig {
@@ -1227,8 +1231,19 @@ mod tests {
                 listen: c.proxy.listen.clone(),
                 ..ProxyConfig::default()
             },
-            upstreams: c.upstreams.clone(),
+            upstreams: BTreeMap::from([(
+                "api".to_string(),
+                UpstreamConfig {
+                    targets: api.targets.clone(),
+                    health_check: api.health_check.clone(),
+                    ..UpstreamConfig::default()
+                },
+            )]),
             routes: c.routes.clone(),
+            admin: AdminConfig {
+                metrics_listen: c.admin.metrics_listen,
+                ..AdminConfig::default()
+            },
             ..Config::default()
         };
         assert_eq!(c, defaults);
