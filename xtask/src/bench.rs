@@ -1,5 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks, one subcommand per layer.
 
+mod proxy;
+
 use std::fs;
 
 use anyhow::{Context as _, Result};
@@ -21,6 +23,9 @@ pub enum Bench {
     /// The XDP program: nanoseconds per packet per verdict, through BPF_PROG_TEST_RUN.
     /// Writes target/bench/xdp.json.
     Xdp(XdpOptions),
+    /// The reverse proxy: wrk on loopback against a minimal upstream directly, through the
+    /// gateway and through nginx, alternating. Writes target/bench/proxy.json.
+    Proxy(proxy::Options),
 }
 
 #[derive(Args, Debug)]
@@ -31,17 +36,18 @@ pub struct XdpOptions {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    util::require_root(
-        "cargo xtask bench",
-        "benchmarks load XDP programs into the kernel",
-    )?;
-    setup::run()?;
     match opts.bench {
         Bench::Xdp(xdp) => bench_xdp(xdp),
+        Bench::Proxy(proxy) => proxy::run(proxy),
     }
 }
 
 fn bench_xdp(opts: XdpOptions) -> Result<()> {
+    util::require_root(
+        "cargo xtask bench xdp",
+        "it loads XDP programs into the kernel",
+    )?;
+    setup::run()?;
     util::build_gateway(true)?;
     let out_dir = util::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

@@ -29,7 +29,7 @@ use clap::Args;
 
 use crate::{
     setup,
-    util::{self, describe, exec, output},
+    util::{self, describe, exec, output, toml_string},
 };
 
 /// The gateway's addresses.
@@ -539,32 +539,11 @@ impl Lab {
     }
 }
 
-/// SIGTERM, then up to [`STOP_TIMEOUT`] for the daemon to exit, then SIGKILL.
+/// Stops the daemon and says so.
 fn stop(mut child: Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+    if let Some(status) = util::stop(&mut child, "the gateway", STOP_TIMEOUT) {
+        println!("   gateway stopped ({status})");
     }
-    // The child is not reaped yet, so its pid cannot have been reused.
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                println!("   gateway stopped ({status})");
-                return;
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(50)),
-            Err(_) => break,
-        }
-    }
-    eprintln!(
-        "warning: the gateway did not stop within {} s of SIGTERM; killing it",
-        STOP_TIMEOUT.as_secs()
-    );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn step(n: u32, what: &str, expect: &str) {
@@ -584,9 +563,4 @@ fn mac(ns: &str, dev: &str) -> Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("no MAC address for {dev} in {ns}"))
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }

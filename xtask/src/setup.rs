@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::util::{self, exec};
 
 /// Debian packages: the first four are what bpf-linker links against, the rest are run by the
-/// tests, the demo and the benchmarks.
+/// tests, the demo and the XDP benchmark. The proxy benchmark installs its own on demand
+/// (`bench::proxy::DEBIAN_PACKAGES`), so that a plain setup does not bring in nginx.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,7 +26,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     // Before bpf-linker: it builds against llvm-22-dev.
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     bpf_linker()?;
     Ok(())
 }
@@ -59,11 +60,12 @@ fn nightly_rust_src() -> Result<()> {
     exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
-fn debian_packages() -> Result<()> {
+/// Installs those of `packages` that are missing (as root; otherwise says how).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
     // dpkg-query exits non-zero when a package is unknown but still prints the others.
     let query = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\n"])
-        .args(DEBIAN_PACKAGES)
+        .args(packages)
         .output()
         .context(
             "could not run dpkg-query: `cargo xtask setup` installs packages on Debian only",
@@ -75,13 +77,13 @@ fn debian_packages() -> Result<()> {
         .filter(|(_, status)| status.contains("install ok installed"))
         .map(|(package, _)| package)
         .collect();
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !installed.contains(package))
         .collect();
     if missing.is_empty() {
-        println!("ok: Debian packages ({})", DEBIAN_PACKAGES.join(" "));
+        println!("ok: Debian packages ({})", packages.join(" "));
         return Ok(());
     }
     if !util::is_root() {

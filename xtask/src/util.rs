@@ -1,10 +1,12 @@
-//! Helpers every verb uses: running commands with errors that name them, finding the workspace,
-//! the root check.
+//! Helpers every verb uses: running and stopping commands with errors that name them, finding
+//! the workspace, the root check.
 
 use std::{
     env,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, ExitStatus},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -50,6 +52,37 @@ pub fn describe(cmd: &Command) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Stops `child` (`what` names it in warnings): SIGTERM, then up to `timeout` for it to exit,
+/// then SIGKILL. Returns how it exited, or `None` when it had exited before.
+pub fn stop(child: &mut Child, what: &str, timeout: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(_)) = child.try_wait() {
+        return None;
+    }
+    // The child is not reaped yet, so its pid cannot have been reused.
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(_) => break,
+        }
+    }
+    eprintln!(
+        "warning: {what} did not stop within {} s of SIGTERM; killing it",
+        timeout.as_secs()
+    );
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// A TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The workspace root: the parent of this crate's directory.
