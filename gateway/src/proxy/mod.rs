@@ -236,7 +236,7 @@ impl Proxy {
                     req.headers(),
                     &r.rewrite,
                 )
-                .map(|forward| (r, forward.into_owned()))
+                .map(|forward| (r, forward))
         });
         let audit = self.audit.enabled().then(|| {
             Box::new(Record {
@@ -690,15 +690,15 @@ impl hyper::body::Body for Limited {
 /// The request's host, lower case and without a port: the URI's authority (HTTP/2, absolute
 /// form) or the Host header.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
+    let lower = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+    match req.uri().authority() {
+        Some(a) => Some(lower(a.host())),
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
             let authority: hyper::http::uri::Authority = h.parse().ok()?;
-            authority.host().to_string()
+            Some(lower(authority.host()))
         }
-    };
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+    }
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1: those the Connection header
