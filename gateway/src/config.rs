@@ -51,6 +51,8 @@ pub struct ProxyConfig {
     /// route says otherwise.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Threads serving client connections; 0 (the default): one per CPU.
+    pub workers: u32,
     /// Client connections open at once; one more is closed at accept.
     pub max_connections: u32,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
@@ -77,6 +79,7 @@ impl Default for ProxyConfig {
             tls: None,
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
+            workers: 0,
             max_connections: 10_000,
             max_header_bytes: 16 << 10,
             max_headers: 100,
@@ -84,6 +87,16 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The number of worker threads: `workers`, or one per CPU.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
         }
     }
 }
@@ -637,6 +650,12 @@ impl Config {
             if d.is_zero() {
                 return Err((key(&["proxy", k]), "must be above zero".into()));
             }
+        }
+        if p.workers > 256 {
+            return Err((
+                key(&["proxy", "workers"]),
+                format!("{} is not in 0..=256", p.workers),
+            ));
         }
         if p.max_connections == 0 {
             return Err((
@@ -1219,7 +1238,10 @@ mod tests {
         assert_eq!(c.routes.len(), 3);
         assert_eq!(c.routes[2].timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.routes[1].rewrite.as_deref(), Some("/users/{id}"));
-        assert_eq!(c.admin.metrics_listen, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(
+            c.admin.metrics_listen,
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
         // Every other key the example sets is a default.
         let defaults = Config {
             xdp: XdpConfig {

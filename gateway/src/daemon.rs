@@ -26,7 +26,7 @@ use crate::{
     metrics::METRICS,
     net,
     proxy::{
-        server::{Listeners, Shared},
+        server::{Listeners, Shared, Workers},
         Proxy,
     },
     xdp::Kernel,
@@ -349,8 +349,10 @@ fn init_tracing(config: &Config) {
 pub fn run(config_path: &Path) -> Result<(), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
     init_tracing(&config);
+    // The admin socket, signals, health checks and metrics; client connections run on the
+    // proxy's own workers.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -367,6 +369,7 @@ struct Reloader {
     listeners: tokio::sync::Mutex<Listeners>,
     audit: Arc<Audit>,
     core: Arc<Mutex<Core>>,
+    workers: usize,
 }
 
 impl Reloader {
@@ -376,7 +379,7 @@ impl Reloader {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         let output = audit::Output::parse(&config.audit.output);
         audit::Output::check(&output)?;
-        let proxy = Proxy::new(&config, self.audit.clone())?;
+        let proxy = Proxy::new(&config, self.audit.clone(), self.workers)?;
         listeners.apply(&config).await?;
         self.audit.set_output(output)?;
         self.shared.proxy.store(Arc::new(proxy));
@@ -406,6 +409,9 @@ impl Reloader {
             }
             if old.state != config.state || old.admin != config.admin || old.log != config.log {
                 notes.push("changes to [state], [admin] and [log] take effect at restart".into());
+            }
+            if old.proxy.workers != config.proxy.workers {
+                notes.push("proxy.workers takes effect at restart".into());
             }
         }
         for note in &notes {
@@ -508,8 +514,9 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     // The proxy listens before the admin socket appears, so a ready daemon serves.
     let audit = Arc::new(Audit::default());
     audit.set_output(audit::Output::parse(&config.audit.output))?;
-    let shared = Shared::new(Proxy::new(&config, audit.clone())?);
-    let mut listeners = Listeners::new(shared.clone());
+    let workers = Arc::new(Workers::start(config.proxy.workers())?);
+    let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len())?);
+    let mut listeners = Listeners::new(shared.clone(), workers.clone());
     listeners.apply(&config).await?;
     let core = Arc::new(Mutex::new(core));
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
@@ -528,6 +535,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
         listeners: tokio::sync::Mutex::new(listeners),
         audit: audit.clone(),
         core: core.clone(),
+        workers: workers.len(),
     });
     // The socket appears only now, so a client that can connect talks to an enforcing daemon.
     let listener = bind_admin(&config.admin.socket)?;
@@ -565,9 +573,16 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let deadline = reloader.shared.proxy.load().limits.shutdown_timeout;
     let listeners = std::mem::replace(
         &mut *reloader.listeners.lock().await,
-        Listeners::new(reloader.shared.clone()),
+        Listeners::new(reloader.shared.clone(), workers.clone()),
     );
     listeners.shutdown(deadline).await;
+    drop(reloader);
+    // The workers end once nothing else holds them: connections still open are cut.
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        tokio::task::spawn_blocking(move || drop(workers))
+            .await
+            .ok();
+    }
     audit.close();
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut kernel) = core.kernel.take() {

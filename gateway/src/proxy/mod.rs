@@ -55,7 +55,12 @@ pub type ReqBody = BoxBody<Bytes, BoxError>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 /// The request id header, kept when the client sends a valid one.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What a connection is held to; from `[proxy]`.
 #[derive(Clone, Debug)]
@@ -107,7 +112,8 @@ impl RouteMetrics {
 enum Action {
     Forward {
         pool: Arc<Pool>,
-        client: Box<UpstreamClient>,
+        /// One per worker.
+        clients: Box<[UpstreamClient]>,
         version: Version,
     },
     Respond {
@@ -136,9 +142,18 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    /// 32 hex digits: the prefix, then the counter.
+    fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Relaxed);
-        format!("{:016x}{n:016x}", self.prefix)
+        let mut out = [0u8; 32];
+        for (i, word) in [self.prefix, n].into_iter().enumerate() {
+            for j in 0..16 {
+                let nibble = (word >> (60 - 4 * j)) & 0xf;
+                out[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
+            }
+        }
+        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out))
+            .expect("hex digits are a valid header value")
     }
 }
 
@@ -154,7 +169,8 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 impl Proxy {
     /// Builds the generation of `config` (already validated): loads the certificates, makes
     /// the pools' clients and starts their health checks.
-    pub fn new(config: &Config, audit: Arc<Audit>) -> Result<Proxy, String> {
+    /// Each of the `workers` gets its own upstream clients (and so its own connection pools).
+    pub fn new(config: &Config, audit: Arc<Audit>, workers: usize) -> Result<Proxy, String> {
         let p = &config.proxy;
         let mut pools = HashMap::new();
         for (name, u) in &config.upstreams {
@@ -165,14 +181,14 @@ impl Proxy {
             pool.start_health_checks();
             pools.insert(name.as_str(), pool);
         }
-        let mut clients: HashMap<(&str, Duration), UpstreamClient> = HashMap::new();
+        let mut clients = HashMap::new();
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let name: Arc<str> = match &r.name {
                 Some(n) => n.as_str().into(),
                 None => format!("routes[{i}]").into(),
             };
-            let action = route_action(r, &pools, &mut clients, p.connect_timeout)
+            let action = route_action(r, &pools, &mut clients, p.connect_timeout, workers)
                 .map_err(|e| format!("routes[{i}]: {e}"))?;
             let (matcher, rewrite) = Matcher::new(r);
             routes.push(Route {
@@ -221,10 +237,12 @@ impl Proxy {
     /// Handles one request.
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
-        let id = match req.headers().get(REQUEST_ID) {
-            Some(v) if valid_request_id(v) => v.to_str().unwrap_or_default().to_string(),
+        let id_value = match req.headers().get(REQUEST_ID) {
+            Some(v) if valid_request_id(v) => v.clone(),
             _ => self.ids.next(),
         };
+        // Valid ids are ASCII, so this never falls back.
+        let id = id_value.to_str().unwrap_or_default();
         let host = request_host(&req);
         let path = route::normalize_path(req.uri().path()).into_owned();
         let found = self.routes.iter().find_map(|r| {
@@ -241,7 +259,7 @@ impl Proxy {
         let audit = self.audit.enabled().then(|| {
             Box::new(Record {
                 time: SystemTime::now(),
-                id: id.clone(),
+                id: id.to_string(),
                 client: conn.client,
                 method: req.method().clone(),
                 host: host.clone(),
@@ -269,7 +287,7 @@ impl Proxy {
             None => error(
                 StatusCode::NOT_FOUND,
                 "no route matches the request",
-                &id,
+                id,
                 &mut done,
             ),
             Some((route, forward_path)) => match &route.action {
@@ -286,26 +304,25 @@ impl Proxy {
                 }
                 Action::Forward {
                     pool,
-                    client,
+                    clients,
                     version,
                 } => {
                     let fwd = Forward {
                         pool,
-                        client,
+                        client: &clients[server::worker_index() % clients.len()],
                         version: *version,
-                        conn,
+                        conn: &conn,
                         host: host.as_deref(),
                         path: &forward_path,
                         timeout: route.timeout,
-                        id: &id,
+                        id,
+                        id_value: &id_value,
                     };
                     self.forward(req, fwd, &mut done).await
                 }
             },
         };
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID, v);
-        }
+        response.headers_mut().insert(REQUEST_ID, id_value.clone());
         done.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         Response::from_parts(
@@ -364,7 +381,7 @@ impl Proxy {
             (None, _) => f.path.to_string(),
         };
         remove_hop_by_hop(&mut parts.headers);
-        add_forwarding(&mut parts.headers, f.conn, f.host, f.id);
+        add_forwarding(&mut parts.headers, f.conn, f.host, f.id_value);
         let client_ip = f.conn.client.ip();
         let deadline = tokio::time::Instant::now() + f.timeout;
         let pool = f.pool;
@@ -394,18 +411,17 @@ impl Proxy {
             let target = &pool.targets[i];
             done.set_target(&pool.name, &target.label);
             let guard = pool.begin(i);
-            let uri: Uri =
-                match format!("{}://{}{path_and_query}", pool.scheme, target.addr).parse() {
-                    Ok(u) => u,
-                    Err(e) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            &format!("bad request target: {e}"),
-                            f.id,
-                            done,
-                        )
-                    }
-                };
+            let uri: Uri = match Uri::try_from([target.origin.as_str(), &path_and_query].concat()) {
+                Ok(u) => u,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("bad request target: {e}"),
+                        f.id,
+                        done,
+                    )
+                }
+            };
             let mut request = Request::new(body.take().unwrap_or_else(empty));
             *request.method_mut() = parts.method.clone();
             *request.uri_mut() = uri;
@@ -477,18 +493,20 @@ struct Forward<'a> {
     pool: &'a Arc<Pool>,
     client: &'a UpstreamClient,
     version: Version,
-    conn: ConnInfo,
+    conn: &'a ConnInfo,
     host: Option<&'a str>,
     path: &'a str,
     timeout: Duration,
     id: &'a str,
+    id_value: &'a HeaderValue,
 }
 
 fn route_action<'c>(
     r: &'c RouteConfig,
     pools: &HashMap<&str, Arc<Pool>>,
-    clients: &mut HashMap<(&'c str, Duration), UpstreamClient>,
+    clients: &mut HashMap<(&'c str, Duration), Box<[UpstreamClient]>>,
     default_connect: Duration,
+    workers: usize,
 ) -> Result<Action, String> {
     if let Some(respond) = &r.respond {
         return Ok(Action::Respond {
@@ -509,11 +527,12 @@ fn route_action<'c>(
         .ok_or_else(|| format!("no upstream `{name}`"))?
         .clone();
     let connect = r.connect_timeout.unwrap_or(default_connect);
-    let client = match clients.get(&(name, connect)) {
+    let per_worker = match clients.get(&(name, connect)) {
         Some(c) => c.clone(),
-        None if connect == default_connect => pool.client.clone(),
         None => {
-            let c = pool.client_with(connect)?;
+            let c = (0..workers.max(1))
+                .map(|_| pool.client_with(connect))
+                .collect::<Result<Box<[_]>, _>>()?;
             clients.insert((name, connect), c.clone());
             c
         }
@@ -524,7 +543,7 @@ fn route_action<'c>(
     };
     Ok(Action::Forward {
         pool,
-        client: Box::new(client),
+        clients: per_worker,
         version,
     })
 }
@@ -717,8 +736,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in [
         header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
@@ -732,41 +751,49 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Sets X-Forwarded-For (appended), -Proto and -Host, Forwarded (appended), the Host the
 /// client asked for, and the request id.
-fn add_forwarding(headers: &mut HeaderMap, conn: ConnInfo, host: Option<&str>, id: &str) {
-    let ip = conn.client.ip().to_canonical();
+fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>, id: &HeaderValue) {
+    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) => joined(prior, conn.ip.as_bytes(), None),
+        None => Some(conn.ip.clone()),
+    };
+    let host_part = host.map(|h| format!(";host=\"{h}\""));
+    let forwarded = match (
+        headers.get(header::FORWARDED).map(HeaderValue::as_bytes),
+        &host_part,
+    ) {
+        (None, None) => Some(conn.forwarded.clone()),
+        (Some(prior), _) => joined(prior, conn.forwarded.as_bytes(), host_part.as_deref()),
+        (None, Some(h)) => joined(b"", conn.forwarded.as_bytes(), Some(h)),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v);
+    }
     let proto = if conn.tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip.to_string(),
-    };
-    let for_value = match ip {
-        std::net::IpAddr::V4(a) => a.to_string(),
-        std::net::IpAddr::V6(a) => format!("\"[{a}]\""),
-    };
-    let mut forwarded = format!("for={for_value};proto={proto}");
-    if let Some(h) = host {
-        forwarded.push_str(&format!(";host=\"{h}\""));
-    }
-    if let Some(prior) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        forwarded = format!("{prior}, {forwarded}");
-    }
-    let has_host = headers.contains_key(header::HOST);
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    };
-    set("x-forwarded-for", &xff);
-    set("x-forwarded-proto", proto);
-    set("forwarded", &forwarded);
-    set(REQUEST_ID, id);
-    if let Some(h) = host {
-        set("x-forwarded-host", h);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(REQUEST_ID, id.clone());
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         // Keep the original Host for the upstream (the client's, not the target's address).
-        if !has_host {
-            set("host", h);
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, h.clone());
         }
+        headers.insert(X_FORWARDED_HOST, h);
     }
+}
+
+/// `prior, value[suffix]` (or `value[suffix]` when there is no prior) as a header value.
+fn joined(prior: &[u8], value: &[u8], suffix: Option<&str>) -> Option<HeaderValue> {
+    let suffix = suffix.unwrap_or_default().as_bytes();
+    let mut out = Vec::with_capacity(prior.len() + 2 + value.len() + suffix.len());
+    if !prior.is_empty() {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(value);
+    out.extend_from_slice(suffix);
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 fn full(body: Bytes) -> Body {

@@ -1,6 +1,11 @@
 //! The proxy's listeners and client connections: plain and TLS accept loops, connection limits,
 //! idle and header-read timeouts, and graceful shutdown.
 //!
+//! Client connections live on [`Workers`]: one thread per core, each with a single-threaded
+//! runtime, all accepting on the same listening sockets (as nginx's workers do). A connection
+//! and the upstream connections its requests use stay on one thread, so a request costs no
+//! cross-thread wakeups.
+//!
 //! Every request is handled by the config generation current when it arrives
 //! ([`Shared::proxy`]), so a reload applies to open keep-alive connections too, without closing
 //! them.
@@ -51,28 +56,145 @@ impl Shared {
     }
 }
 
-/// How a client reached the proxy.
-#[derive(Clone, Copy, Debug)]
+/// How a client reached the proxy, with the forwarding header values that say so, made once
+/// per connection.
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub tls: bool,
+    /// The client's address, for X-Forwarded-For.
+    pub ip: hyper::header::HeaderValue,
+    /// `for=ADDR;proto=SCHEME`, for Forwarded.
+    pub forwarded: hyper::header::HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = client.ip().to_canonical();
+        let proto = if tls { "https" } else { "http" };
+        let for_value = match ip {
+            std::net::IpAddr::V4(a) => format!("for={a};proto={proto}"),
+            std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto={proto}"),
+        };
+        let value = |s: String| {
+            hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+                .expect("addresses are valid header values")
+        };
+        ConnInfo {
+            client,
+            tls,
+            ip: value(ip.to_string()),
+            forwarded: value(for_value),
+        }
+    }
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the worker this thread is (0 outside the workers).
+pub fn worker_index() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// The proxy's worker threads, each running a single-threaded runtime.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` workers (at least one).
+    pub fn start(n: usize) -> Result<Workers, String> {
+        let mut workers = Workers {
+            handles: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for i in 0..n.max(1) {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                    // Connections still open after the shutdown deadline are cut here.
+                    runtime.shutdown_timeout(Duration::from_millis(100));
+                })
+                .map_err(|e| format!("cannot start proxy worker {i}: {e}"))?;
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| format!("proxy worker {i} died at start"))?
+                .map_err(|e| format!("cannot start the runtime of proxy worker {i}: {e}"))?;
+            workers.handles.push(handle);
+            workers.stops.push(stop);
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Running {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// The listeners open now, by address and kind (plain or TLS).
 pub struct Listeners {
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     running: HashMap<(SocketAddr, bool), Running>,
 }
 
 impl Listeners {
-    pub fn new(shared: Arc<Shared>) -> Listeners {
+    pub fn new(shared: Arc<Shared>, workers: Arc<Workers>) -> Listeners {
         Listeners {
             shared,
+            workers,
             running: HashMap::new(),
         }
     }
@@ -92,20 +214,35 @@ impl Listeners {
                 continue;
             }
             let (addr, tls) = *key;
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
-                let key = if tls {
-                    "proxy.tls.listen"
-                } else {
-                    "proxy.listen"
-                };
-                format!("{key}: cannot listen on {addr}: {e}")
-            })?;
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| {
+                    let key = if tls {
+                        "proxy.tls.listen"
+                    } else {
+                        "proxy.listen"
+                    };
+                    format!("{key}: cannot listen on {addr}: {e}")
+                })?;
             bound.push((*key, listener));
         }
         for (key, listener) in bound {
+            tracing::info!(listen = %key.0, tls = key.1, workers = self.workers.len(), "proxy listening");
             let (stop, stopped) = watch::channel(false);
-            let task = tokio::spawn(accept(listener, key.1, self.shared.clone(), stopped));
-            self.running.insert(key, Running { stop, task });
+            let mut tasks = Vec::new();
+            for handle in &self.workers.handles {
+                let listener = listener
+                    .try_clone()
+                    .map_err(|e| format!("cannot share the listener on {}: {e}", key.0))?;
+                let (shared, stopped) = (self.shared.clone(), stopped.clone());
+                tasks.push(handle.spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => accept(l, key.1, shared, stopped).await,
+                        Err(e) => tracing::error!(error = %e, "proxy listener"),
+                    }
+                }));
+            }
+            self.running.insert(key, Running { stop, tasks });
         }
         let gone: Vec<_> = self
             .running
@@ -115,8 +252,7 @@ impl Listeners {
             .collect();
         for key in gone {
             if let Some(r) = self.running.remove(&key) {
-                let _ = r.stop.send(true);
-                let _ = r.task.await;
+                r.stop().await;
                 tracing::info!(listen = %key.0, tls = key.1, "listener closed");
             }
         }
@@ -127,8 +263,7 @@ impl Listeners {
     /// up to `deadline`; what is still open then is cut when the runtime ends.
     pub async fn shutdown(mut self, deadline: Duration) {
         for (_, r) in self.running.drain() {
-            let _ = r.stop.send(true);
-            let _ = r.task.await;
+            r.stop().await;
         }
         let _ = self.shared.closing.send(true);
         let until = Instant::now() + deadline;
@@ -151,7 +286,6 @@ async fn accept(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    tracing::info!(listen = ?listener.local_addr().ok(), tls, "proxy listening");
     loop {
         let (stream, client) = tokio::select! {
             _ = stop.changed() => return,
@@ -177,7 +311,7 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let info = ConnInfo { client, tls };
+            let info = ConnInfo::new(client, tls);
             connection(stream, info, &shared).await;
             shared.open.fetch_sub(1, Relaxed);
             METRICS.open_connections.dec();
@@ -227,9 +361,11 @@ async fn serve<S>(
     let service = {
         let shared = shared.clone();
         let activity = activity.clone();
+        let info = info.clone();
         hyper::service::service_fn(move |req| {
             let shared = shared.clone();
             let activity = activity.clone();
+            let info = info.clone();
             async move {
                 activity.in_flight.fetch_add(1, Relaxed);
                 let proxy = shared.proxy.load_full();

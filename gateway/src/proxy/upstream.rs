@@ -60,6 +60,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The address as text, for metrics and the audit log.
     pub label: String,
+    /// `SCHEME://ADDR`, the start of every request URI to this target.
+    pub origin: String,
     weight: u32,
     /// Stable per address, for rendezvous hashing.
     seed: u64,
@@ -93,6 +95,15 @@ impl Pool {
                 Target {
                     addr: t.address,
                     label: t.address.to_string(),
+                    origin: format!(
+                        "{}://{}",
+                        if config.tls.is_some() {
+                            "https"
+                        } else {
+                            "http"
+                        },
+                        t.address
+                    ),
                     weight: t.weight.max(1),
                     seed: h.finish(),
                     in_flight: AtomicU32::new(0),
