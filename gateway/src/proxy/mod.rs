@@ -318,7 +318,9 @@ impl Proxy {
                         id,
                         id_value: &id_value,
                     };
-                    self.forward(req, fwd, &mut done).await
+                    // Boxed: the forwarding state is large, and moving it costs more than a
+                    // heap allocation.
+                    Box::pin(self.forward(req, fwd, &mut done)).await
                 }
             },
         };
