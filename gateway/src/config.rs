@@ -786,7 +786,7 @@ impl Config {
                         ));
                     }
                 }
-                if let Err(m) = crate::tls::client_config(t, &[]) {
+                if let Err(m) = crate::tls::client_config(t) {
                     let k = if m.contains("CA")
                         || t.ca
                             .as_ref()

@@ -168,9 +168,9 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// The client config for an upstream pool: its CA bundle (or the system's), its client
-/// certificate if any, and ALPN for `alpn`.
-pub fn client_config(tls: &UpstreamTlsConfig, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
+/// The client config for an upstream pool: its CA bundle (or the system's) and its client
+/// certificate if any. (hyper-rustls sets ALPN for the HTTP versions the pool speaks.)
+pub fn client_config(tls: &UpstreamTlsConfig) -> Result<ClientConfig, String> {
     let ca = tls.ca.clone().unwrap_or_else(|| SYSTEM_CA_BUNDLE.into());
     let mut roots = RootCertStore::empty();
     for cert in load_certs(&ca)? {
@@ -182,7 +182,7 @@ pub fn client_config(tls: &UpstreamTlsConfig, alpn: &[&[u8]]) -> Result<ClientCo
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_root_certificates(roots);
-    let mut config = match (&tls.cert, &tls.key) {
+    let config = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             let c = CertificateConfig {
                 cert: cert.clone(),
@@ -196,7 +196,6 @@ pub fn client_config(tls: &UpstreamTlsConfig, alpn: &[&[u8]]) -> Result<ClientCo
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

@@ -37,7 +37,6 @@ const RETRY_RESERVE: i64 = 10;
 pub struct Pool {
     pub name: String,
     pub targets: Vec<Target>,
-    pub scheme: &'static str,
     /// The Host header of health checks, and the SNI name when TLS is on.
     server_name: Option<String>,
     balance: Balance,
@@ -131,11 +130,6 @@ impl Pool {
         let client = build_client(config, connect_timeout)?;
         Ok(Pool {
             name: name.to_string(),
-            scheme: if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
             server_name: config.tls.as_ref().and_then(|t| t.server_name.clone()),
             targets,
             balance: config.balance,
@@ -293,7 +287,7 @@ impl Pool {
     async fn check_target(&self, i: usize, check: &HealthCheckConfig) -> bool {
         let t = &self.targets[i];
         let host = self.server_name.clone().unwrap_or_else(|| t.label.clone());
-        let Ok(req) = Request::get(format!("{}://{}{}", self.scheme, t.addr, check.path))
+        let Ok(req) = Request::get(format!("{}{}", t.origin, check.path))
             .header(header::HOST, host)
             .header(header::USER_AGENT, "gateway-health-check")
             .body(
@@ -458,7 +452,7 @@ fn build_client(
     let h2 = config.protocol == UpstreamProtocol::Http2;
     let connector = match &config.tls {
         Some(t) => {
-            let config = tls::client_config(t, &[])?;
+            let config = tls::client_config(t)?;
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
                 .https_or_http();
