@@ -786,17 +786,14 @@ impl Config {
                         ));
                     }
                 }
+                // The CA bundle first, so its errors name `ca`; then the whole client config
+                // (the client certificate and key).
+                let ca = t.ca.clone().unwrap_or_else(|| crate::tls::SYSTEM_CA_BUNDLE.into());
+                if let Err(m) = crate::tls::load_certs(&ca) {
+                    return Err((tk("ca"), m));
+                }
                 if let Err(m) = crate::tls::client_config(t) {
-                    let k = if m.contains("CA")
-                        || t.ca
-                            .as_ref()
-                            .is_some_and(|ca| m.contains(&*ca.to_string_lossy()))
-                    {
-                        "ca"
-                    } else {
-                        "cert"
-                    };
-                    return Err((tk(k), m));
+                    return Err((tk("cert"), m));
                 }
             }
         }
