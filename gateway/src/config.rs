@@ -260,7 +260,8 @@ pub struct UpstreamTlsConfig {
 }
 
 /// Passive outlier ejection: a target that fails `consecutive_failures` requests in a row
-/// (refused or broken connections, timeouts, 502/503/504) gets no requests for `ejection_time`.
+/// (refused or broken connections, timeouts, 502/503/504) gets no requests for `ejection_time`,
+/// unless it is the last healthy, un-ejected target of its pool.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
@@ -788,7 +789,9 @@ impl Config {
                 }
                 // The CA bundle first, so its errors name `ca`; then the whole client config
                 // (the client certificate and key).
-                let ca = t.ca.clone().unwrap_or_else(|| crate::tls::SYSTEM_CA_BUNDLE.into());
+                let ca =
+                    t.ca.clone()
+                        .unwrap_or_else(|| crate::tls::SYSTEM_CA_BUNDLE.into());
                 if let Err(m) = crate::tls::load_certs(&ca) {
                     return Err((tk("ca"), m));
                 }

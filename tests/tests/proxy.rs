@@ -203,6 +203,11 @@ upstream = "dead"
         .as_str()
         .unwrap()
         .contains(&dead.to_string()));
+    // The pool's only target fails on and on, but is never ejected: requests keep trying it
+    // (502) rather than getting 503 for the whole ejection time.
+    for _ in 0..8 {
+        assert_eq!(send(&client, at("x", "/dead/2", &[])).await.status, 502);
+    }
 
     assert!(daemon.stop().success());
 }

@@ -161,10 +161,13 @@ impl Pool {
 
     fn available(&self, i: usize, now: &mut Option<u64>) -> bool {
         let t = &self.targets[i];
-        if !t.healthy.load(Relaxed) || t.in_flight.load(Relaxed) >= self.max_in_flight {
-            return false;
-        }
-        let until = t.ejected_until.load(Relaxed);
+        t.healthy.load(Relaxed)
+            && t.in_flight.load(Relaxed) < self.max_in_flight
+            && self.not_ejected(i, now)
+    }
+
+    fn not_ejected(&self, i: usize, now: &mut Option<u64>) -> bool {
+        let until = self.targets[i].ejected_until.load(Relaxed);
         until == 0 || until <= *now.get_or_insert_with(|| self.now_ms())
     }
 
@@ -249,6 +252,17 @@ impl Pool {
                 let limit = self.outlier.consecutive_failures;
                 if limit > 0 && n >= limit {
                     t.failures.store(0, Relaxed);
+                    // Never eject the last target that could serve: with none left, every
+                    // request would get 503 for the whole ejection time, also after the
+                    // targets recover.
+                    let mut now = None;
+                    let others = (0..self.targets.len()).filter(|&j| j != i).any(|j| {
+                        self.targets[j].healthy.load(Relaxed) && self.not_ejected(j, &mut now)
+                    });
+                    if !others {
+                        tracing::warn!(upstream = %self.name, target = %t.label, failures = n, "target failing, but not ejected: it is the last one available");
+                        return;
+                    }
                     let until = self.now_ms() + self.outlier.ejection_time.as_millis() as u64;
                     t.ejected_until.store(until.max(1), Relaxed);
                     METRICS
