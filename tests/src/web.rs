@@ -426,6 +426,23 @@ pub async fn scrape(addr: SocketAddr) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
 
+/// Scrapes every 100 ms, for up to 5 s, until every series in `want` has its value; returns
+/// the last scrape, so a failing assertion can show it.
+pub async fn scrape_until(addr: SocketAddr, want: &[(&str, f64)]) -> (bool, String) {
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = scrape(addr).await;
+        if want
+            .iter()
+            .all(|(series, v)| metric(&text, series) == Some(*v))
+        {
+            return (true, text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (false, text)
+}
+
 /// The value of the metric line that starts with `series` (name and labels), if any.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()

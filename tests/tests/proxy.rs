@@ -433,15 +433,8 @@ timeout = "300ms"
         "gateway_upstream_target_healthy{{target=\"{}\",upstream=\"checked\"}}",
         sick.addr
     );
-    let mut m = String::new();
-    for _ in 0..50 {
-        m = web::scrape(metrics_addr).await;
-        if web::metric(&m, &gauge) == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(web::metric(&m, &gauge), Some(0.0), "{m}");
+    let (ok, m) = web::scrape_until(metrics_addr, &[(&gauge, 0.0)]).await;
+    assert!(ok, "the failing target stayed healthy: {m}");
     let before = sick.served();
     for _ in 0..6 {
         let r = send(&client, get(&url("/checked"), "x", &[])).await;
@@ -454,12 +447,7 @@ timeout = "300ms"
         "gateway_upstream_target_healthy{{target=\"{}\",upstream=\"checked\"}}",
         live.addr
     );
-    for _ in 0..50 {
-        if web::metric(&web::scrape(metrics_addr).await, &live_gauge) == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    web::scrape_until(metrics_addr, &[(&live_gauge, 0.0)]).await;
     let r = send(
         &client,
         get(&url("/checked"), "x", &[("x-request-id", "none-healthy")]),
@@ -478,16 +466,9 @@ timeout = "300ms"
     // Recovery.
     sick.health.store(200, std::sync::atomic::Ordering::Relaxed);
     live.health.store(200, std::sync::atomic::Ordering::Relaxed);
-    let mut recovered = false;
-    for _ in 0..50 {
-        let m = web::scrape(metrics_addr).await;
-        if web::metric(&m, &gauge) == Some(1.0) && web::metric(&m, &live_gauge) == Some(1.0) {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "targets did not recover");
+    let (recovered, m) =
+        web::scrape_until(metrics_addr, &[(&gauge, 1.0), (&live_gauge, 1.0)]).await;
+    assert!(recovered, "targets did not recover: {m}");
     let seen = spread(port, "/checked", &[], 6).await;
     assert_eq!((seen["live"], seen["sick"]), (3, 3), "{seen:?}");
     assert!(
