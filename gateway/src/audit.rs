@@ -43,6 +43,13 @@ pub struct Line<'a> {
     pub latency_ms: f64,
     /// Why the gateway answered itself, when it did (no route, upstream failure, limit...).
     pub error: Option<&'a str>,
+    /// The authenticated subject, when there is one.
+    pub subject: Option<&'a str>,
+    /// `deny` when a security phase refused the request; `log` when inspection only noted a
+    /// finding.
+    pub decision: Option<&'a str>,
+    /// The rule behind the decision (`auth:...`, `ratelimit:NAME`, `inspect:ID`...).
+    pub rule: Option<&'a str>,
 }
 
 enum Msg {

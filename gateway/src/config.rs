@@ -30,6 +30,12 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Routing rules, tried in order; the first that matches a request handles it.
     pub routes: Vec<RouteConfig>,
+    /// Identity providers (JWT issuers, API keys, token introspection), by name.
+    pub auth: crate::proxy::auth::AuthConfig,
+    /// Payload inspection for routes that do not set their own.
+    pub inspect: crate::proxy::inspect::InspectConfig,
+    /// Security headers on responses of routes that do not set their own.
+    pub security_headers: crate::proxy::harden::SecurityHeadersConfig,
     pub audit: AuditConfig,
     pub state: StateConfig,
     pub admin: AdminConfig,
@@ -70,6 +76,10 @@ pub struct ProxyConfig {
     /// On shutdown, time in-flight requests get to finish before connections are cut.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Proxies (networks) in front of the gateway whose X-Forwarded-For is believed: the
+    /// client address is then the right-most address there that is not one of them. Empty
+    /// (the default): the client is always the socket's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ProxyConfig {
@@ -87,6 +97,7 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -342,6 +353,18 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     /// Answer with this fixed response instead of forwarding.
     pub respond: Option<RespondConfig>,
+    /// Authentication and authorization; absent: none.
+    pub auth: Option<crate::proxy::auth::RouteAuthConfig>,
+    /// Rate limits, all applied.
+    pub rate_limits: Vec<crate::proxy::ratelimit::RateLimitConfig>,
+    /// Who may call the route and what requests must look like.
+    pub validate: Option<crate::proxy::validate::ValidateConfig>,
+    /// Payload inspection (replaces `[inspect]` for this route).
+    pub inspect: Option<crate::proxy::inspect::InspectConfig>,
+    /// CORS policy; absent: the gateway leaves CORS to the upstream.
+    pub cors: Option<crate::proxy::harden::CorsConfig>,
+    /// Security headers (replaces `[security_headers]` for this route).
+    pub security_headers: Option<crate::proxy::harden::SecurityHeadersConfig>,
 }
 
 /// A fixed response.
@@ -371,7 +394,7 @@ impl Default for AuditConfig {
     }
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -380,7 +403,9 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     })
 }
 
-fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 
@@ -904,12 +929,77 @@ impl Config {
                     return Err((at(k), "must be above zero".into()));
                 }
             }
+            self.validate_route_security(route).map_err(|(mut k, m)| {
+                k.splice(0..0, key(&["routes", &index]));
+                (k, m)
+            })?;
         }
+        let nest = |top: &str, r: Result<(), (Vec<String>, String)>| {
+            r.map_err(|(mut k, m)| {
+                k.insert(0, top.to_string());
+                (k, m)
+            })
+        };
+        nest("auth", self.auth.validate())?;
+        nest("inspect", self.inspect.validate())?;
+        nest("security_headers", self.security_headers.validate())?;
         if self.audit.output.is_empty() {
             return Err((
                 key(&["audit", "output"]),
                 "must not be empty (stdout, off or a path)".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The security settings of one route; on error the key below the route.
+    fn validate_route_security(&self, route: &RouteConfig) -> Result<(), (Vec<String>, String)> {
+        let nest = |top: &str, r: Result<(), (Vec<String>, String)>| {
+            r.map_err(|(mut k, m)| {
+                k.insert(0, top.to_string());
+                (k, m)
+            })
+        };
+        if let Some(a) = &route.auth {
+            nest("auth", a.validate(&self.auth))?;
+        }
+        for (i, l) in route.rate_limits.iter().enumerate() {
+            nest("rate_limits", nest(&i.to_string(), l.validate()))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in route.rate_limits.iter().enumerate() {
+            if let Some(n) = &l.name {
+                if !names.insert(n) || n.is_empty() || n.contains(['"', '\\']) {
+                    return Err((
+                        vec!["rate_limits".into(), i.to_string(), "name".into()],
+                        format!("`{n}` is empty, has a quote or backslash, or names another limit"),
+                    ));
+                }
+            }
+            if l.key.as_str() == "subject" || l.key.as_str() == "api_key" {
+                if route
+                    .auth
+                    .as_ref()
+                    .is_none_or(|a| a.mode == crate::proxy::auth::AuthMode::Off)
+                {
+                    return Err((
+                        vec!["rate_limits".into(), i.to_string(), "key".into()],
+                        format!("`{}` needs [routes.auth] on this route", l.key),
+                    ));
+                }
+            }
+        }
+        if let Some(v) = &route.validate {
+            nest("validate", v.validate())?;
+        }
+        if let Some(i) = &route.inspect {
+            nest("inspect", i.validate())?;
+        }
+        if let Some(c) = &route.cors {
+            nest("cors", c.validate())?;
+        }
+        if let Some(h) = &route.security_headers {
+            nest("security_headers", h.validate())?;
         }
         Ok(())
     }
@@ -933,6 +1023,12 @@ impl Config {
                 for p in [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten() {
                     fix(p);
                 }
+            }
+        }
+        self.auth.resolve_paths(base);
+        for r in &mut self.routes {
+            if let Some(v) = r.validate.as_mut() {
+                v.resolve_paths(base);
             }
         }
         let out = &mut self.audit.output;

@@ -379,7 +379,8 @@ impl Reloader {
         let config = Config::load(&self.path).map_err(|e| e.to_string())?;
         let output = audit::Output::parse(&config.audit.output);
         audit::Output::check(&output)?;
-        let proxy = Proxy::new(&config, self.audit.clone(), self.workers)?;
+        let previous = self.shared.proxy.load_full();
+        let proxy = Proxy::new(&config, self.audit.clone(), self.workers, Some(&previous))?;
         listeners.apply(&config).await?;
         self.audit.set_output(output)?;
         self.shared.proxy.store(Arc::new(proxy));
@@ -515,7 +516,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let audit = Arc::new(Audit::default());
     audit.set_output(audit::Output::parse(&config.audit.output))?;
     let workers = Arc::new(Workers::start(config.proxy.workers())?);
-    let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len())?);
+    let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len(), None)?);
     let mut listeners = Listeners::new(shared.clone(), workers.clone());
     listeners.apply(&config).await?;
     let core = Arc::new(Mutex::new(core));

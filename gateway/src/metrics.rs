@@ -32,6 +32,12 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub reloads: IntCounterVec,
+    /// Requests refused by a rate limit, by route and limit.
+    pub rate_limited: IntCounterVec,
+    /// Requests the security pipeline refused, by route and phase (`auth`, `access`...).
+    pub rejections: IntCounterVec,
+    /// Inspection findings, by route, rule class and mode (`block` or `log`).
+    pub findings: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -112,6 +118,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "gateway_config_reloads_total",
             "Configuration reloads, by result.",
             &["result"],
+        ),
+        rate_limited: counter_vec(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by a rate limit, by route and limit.",
+            &["route", "limit"],
+        ),
+        rejections: counter_vec(
+            "gateway_rejections_total",
+            "Requests the security pipeline refused, by route and phase.",
+            &["route", "phase"],
+        ),
+        findings: counter_vec(
+            "gateway_inspection_findings_total",
+            "Payload inspection findings, by route, rule class and mode.",
+            &["route", "class", "mode"],
         ),
         registry,
     }

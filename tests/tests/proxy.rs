@@ -199,7 +199,7 @@ upstream = "dead"
     let r = send(&client, at("x", "/dead/1", &[("x-request-id", "dead-1")])).await;
     assert_eq!(r.status, 502, "{:?}", r.json);
     assert_eq!(r.json["request_id"], "dead-1");
-    assert!(r.json["error"]
+    assert!(r.json["message"]
         .as_str()
         .unwrap()
         .contains(&dead.to_string()));
@@ -456,7 +456,7 @@ timeout = "300ms"
     assert_eq!(r.status, 503, "{:?}", r.json);
     assert_eq!(r.json["request_id"], "none-healthy");
     assert!(
-        r.json["error"]
+        r.json["message"]
             .as_str()
             .unwrap()
             .contains("no healthy target"),

@@ -1,19 +1,43 @@
 //! The reverse proxy: listeners, routing, and forwarding to upstream pools.
 //!
 //! Per request: normalise the path, pick the first route that matches host, path, method and
-//! headers; answer with its fixed response, or forward to a target of its upstream pool with
-//! the forwarding headers set and the hop-by-hop headers removed, retrying on another target
-//! when that is safe. Every response carries the request id; errors are JSON bodies that carry
-//! it too. When the response ends, the request is counted in the metrics and written to the
-//! audit log.
+//! headers; admit the request through the route's security phases; answer with its fixed
+//! response, or forward to a target of its upstream pool with the forwarding headers set and
+//! the hop-by-hop headers removed, retrying on another target when that is safe. Every
+//! response carries the request id and the security headers; errors are JSON bodies with a
+//! stable code and the request id. When the response ends, the request is counted in the
+//! metrics and written to the audit log.
+//!
+//! The phases of a route, in order (each may answer the request itself):
+//!
+//! ```text
+//!  route match
+//!    -> access       IP allow/deny lists         403  cheapest; a denied network learns nothing
+//!    -> CORS         preflight answered          204  browsers send preflights without credentials
+//!    -> rate limits  keyed by IP, route, header  429  before auth, so floods of bad tokens
+//!                                                     are cut before signature checks
+//!    -> auth         authenticate, authorize     401/403
+//!    -> rate limits  keyed by subject, API key   429  need the identity
+//!    -> validation   method, headers, query...   400/405/415
+//!    -> inspection   path, query, headers        403  (or only logged)
+//!    -> body         size, JSON Schema, inspect  413/400/403, read only when a phase needs it
+//!    -> forward or fixed response
+//!  response: rate-limit headers, security headers, CORS headers
+//!  end of response: metrics and the audit line (subject, decision, rule)
+//! ```
 
+pub mod auth;
+pub mod harden;
+pub mod inspect;
+pub mod ratelimit;
+pub mod reject;
 pub mod route;
 pub mod server;
 pub mod upstream;
+pub mod validate;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -28,6 +52,7 @@ use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
 use hyper::{
     body::{Body as _, Frame, Incoming, SizeHint},
     header::{self, HeaderMap, HeaderName, HeaderValue},
+    http::request::Parts,
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::{
@@ -37,9 +62,14 @@ use hyper_util::{
 use prometheus::{Histogram, IntCounter};
 
 use self::{
+    auth::{Auth, Identity},
+    harden::{Cors, SecurityHeaders},
+    inspect::{Finding, InspectMode, Inspector, RouteInspect},
+    reject::Rejection,
     route::{Matcher, PathRewrite},
     server::ConnInfo,
     upstream::{InFlight, Outcome, Pool, UpstreamClient},
+    validate::Validator,
 };
 use crate::{
     audit::{self, Audit},
@@ -83,6 +113,12 @@ pub struct Proxy {
     builder: auto::Builder<TokioExecutor>,
     ids: RequestIds,
     audit: Arc<Audit>,
+    /// Identity providers, with their key sets and caches.
+    pub auth: Auth,
+    /// Proxies whose X-Forwarded-For names the client.
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Security headers of responses that match no route.
+    headers: Arc<SecurityHeaders>,
 }
 
 struct Route {
@@ -92,6 +128,53 @@ struct Route {
     action: Action,
     timeout: Duration,
     metrics: Arc<RouteMetrics>,
+    security: Security,
+}
+
+/// A route's security phases, compiled; see the module documentation for their order.
+struct Security {
+    validator: Option<Validator>,
+    cors: Option<Cors>,
+    limits: ratelimit::Limits,
+    auth: Option<auth::RoutePolicy>,
+    /// `None` when inspection is off.
+    inspect: Option<RouteInspect>,
+    headers: Arc<SecurityHeaders>,
+}
+
+impl Security {
+    fn new(
+        r: &RouteConfig,
+        name: &str,
+        config: &Config,
+        auth: &Auth,
+        inspector: &Arc<Inspector>,
+        headers: &Arc<SecurityHeaders>,
+    ) -> Result<Security, String> {
+        let inspect = r.inspect.as_ref().unwrap_or(&config.inspect);
+        Ok(Security {
+            validator: r.validate.as_ref().map(Validator::new).transpose()?,
+            cors: r.cors.as_ref().map(Cors::new),
+            limits: ratelimit::Limits::new(name, &r.rate_limits),
+            auth: r.auth.as_ref().map(|a| auth.policy(a)).transpose()?,
+            inspect: match inspect.mode {
+                InspectMode::Off => None,
+                _ => Some(RouteInspect::new(inspector, inspect)?),
+            },
+            headers: match &r.security_headers {
+                Some(h) => Arc::new(SecurityHeaders::new(h)),
+                None => headers.clone(),
+            },
+        })
+    }
+}
+
+/// What the security phases decided, when they let the request in.
+enum Admitted {
+    /// A CORS preflight, answered with these headers.
+    Preflight(HeaderMap),
+    /// Go on with this body (limited, or read whole when a phase needed it).
+    Go { body: ReqBody, bodiless: bool },
 }
 
 /// A route's metric handles, resolved once so requests skip the label lookups.
@@ -170,8 +253,17 @@ impl Proxy {
     /// Builds the generation of `config` (already validated): loads the certificates, makes
     /// the pools' clients and starts their health checks.
     /// Each of the `workers` gets its own upstream clients (and so its own connection pools).
-    pub fn new(config: &Config, audit: Arc<Audit>, workers: usize) -> Result<Proxy, String> {
+    pub fn new(
+        config: &Config,
+        audit: Arc<Audit>,
+        workers: usize,
+        previous: Option<&Proxy>,
+    ) -> Result<Proxy, String> {
         let p = &config.proxy;
+        let auth =
+            Auth::new(&config.auth, previous.map(|p| &p.auth)).map_err(|e| format!("auth: {e}"))?;
+        let inspector = Arc::new(Inspector::new());
+        let headers = Arc::new(SecurityHeaders::new(&config.security_headers));
         let mut pools = HashMap::new();
         for (name, u) in &config.upstreams {
             let pool = Arc::new(
@@ -191,7 +283,10 @@ impl Proxy {
             let action = route_action(r, &pools, &mut clients, p.connect_timeout, workers)
                 .map_err(|e| format!("routes[{i}]: {e}"))?;
             let (matcher, rewrite) = Matcher::new(r);
+            let security = Security::new(r, &name, config, &auth, &inspector, &headers)
+                .map_err(|e| format!("routes[{i}]: {e}"))?;
             routes.push(Route {
+                security,
                 metrics: RouteMetrics::new(&name),
                 name,
                 matcher,
@@ -231,6 +326,9 @@ impl Proxy {
             builder,
             ids: RequestIds::new(),
             audit,
+            auth,
+            trusted_proxies: p.trusted_proxies.clone(),
+            headers,
         })
     }
 
@@ -245,6 +343,7 @@ impl Proxy {
         let id = id_value.to_str().unwrap_or_default();
         let host = request_host(&req);
         let path = route::normalize_path(req.uri().path()).into_owned();
+        let client = validate::client_ip(conn.client.ip(), req.headers(), &self.trusted_proxies);
         let found = self.routes.iter().find_map(|r| {
             r.matcher
                 .matches(
@@ -260,7 +359,7 @@ impl Proxy {
             Box::new(Record {
                 time: SystemTime::now(),
                 id: id.to_string(),
-                client: conn.client,
+                client,
                 method: req.method().clone(),
                 host: host.clone(),
                 path: path.clone(),
@@ -268,6 +367,9 @@ impl Proxy {
                 upstream: None,
                 target: None,
                 error: None,
+                subject: None,
+                decision: None,
+                rule: None,
                 bytes_in: Arc::new(AtomicU64::new(0)),
             })
         });
@@ -283,14 +385,38 @@ impl Proxy {
             bytes_out: 0,
             in_flight: None,
         };
-        let mut response = match found {
-            None => error(
+        let Some((route, forward_path)) = found else {
+            let mut response = error(
                 StatusCode::NOT_FOUND,
+                "no_route",
                 "no route matches the request",
                 id,
                 &mut done,
-            ),
-            Some((route, forward_path)) => match &route.action {
+            );
+            self.headers.apply(response.headers_mut(), conn.tls);
+            return self.finish(response, id_value, done);
+        };
+        let (mut parts, body) = req.into_parts();
+        let origin = route
+            .security
+            .cors
+            .as_ref()
+            .and_then(|_| parts.headers.get(header::ORIGIN).cloned());
+        // Headers for the response that phases ask for (RateLimit...).
+        let mut extra = Vec::new();
+        let admitted = self
+            .admit(route, &mut parts, body, client, &mut done, &mut extra)
+            .await;
+        let preflight = matches!(admitted, Ok(Admitted::Preflight(_)));
+        let mut response = match admitted {
+            Err(rejection) => reject(&route.name, rejection, id, &mut done),
+            Ok(Admitted::Preflight(headers)) => {
+                let mut response = Response::new(full(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                *response.headers_mut() = headers;
+                response
+            }
+            Ok(Admitted::Go { body, bodiless }) => match &route.action {
                 Action::Respond { status, body } => {
                     let mut response = Response::new(full(body.clone()));
                     *response.status_mut() = *status;
@@ -312,6 +438,7 @@ impl Proxy {
                         client: &clients[server::worker_index() % clients.len()],
                         version: *version,
                         conn: &conn,
+                        client_ip: client,
                         host: host.as_deref(),
                         path: &forward_path,
                         timeout: route.timeout,
@@ -320,11 +447,31 @@ impl Proxy {
                     };
                     // Boxed: the forwarding state is large, and moving it costs more than a
                     // heap allocation.
-                    Box::pin(self.forward(req, fwd, &mut done)).await
+                    Box::pin(self.forward(parts, body, bodiless, fwd, &mut done)).await
                 }
             },
         };
-        response.headers_mut().insert(REQUEST_ID, id_value.clone());
+        let headers = response.headers_mut();
+        for (name, value) in extra {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+        route.security.headers.apply(headers, conn.tls);
+        if let Some(cors) = route.security.cors.as_ref().filter(|_| !preflight) {
+            cors.apply(origin.as_ref(), headers);
+        }
+        self.finish(response, id_value, done)
+    }
+
+    /// Sets the request id and wraps the body so the request is accounted for when it ends.
+    fn finish(
+        &self,
+        mut response: Response<Body>,
+        id: HeaderValue,
+        mut done: Done,
+    ) -> Response<Body> {
+        response.headers_mut().insert(REQUEST_ID, id);
         done.status = response.status().as_u16();
         let (parts, body) = response.into_parts();
         Response::from_parts(
@@ -337,27 +484,116 @@ impl Proxy {
         )
     }
 
-    async fn forward(
+    /// Runs the route's security phases (see the module documentation for the order).
+    async fn admit(
         &self,
-        req: Request<Incoming>,
-        f: Forward<'_>,
+        route: &Route,
+        parts: &mut Parts,
+        body: Incoming,
+        client: std::net::IpAddr,
         done: &mut Done,
-    ) -> Response<Body> {
-        let max_body = self.limits.max_body_bytes;
-        let declared = req
-            .headers()
+        extra: &mut Vec<(HeaderName, String)>,
+    ) -> Result<Admitted, Rejection> {
+        let s = &route.security;
+        if let Some(v) = &s.validator {
+            v.check_access(client)?;
+        }
+        if let Some(cors) = &s.cors {
+            if Cors::is_preflight(parts) {
+                return cors.preflight(parts).map(Admitted::Preflight);
+            }
+        }
+        if !s.limits.is_empty() {
+            s.limits.check(false, parts, client, None, extra)?;
+        }
+        let identity: Option<Identity> = match &s.auth {
+            Some(policy) => policy.check(parts).await?,
+            None => None,
+        };
+        if let (Some(i), Some(a)) = (&identity, done.audit.as_mut()) {
+            a.subject = Some(i.subject.clone());
+        }
+        if !s.limits.is_empty() {
+            s.limits
+                .check(true, parts, client, identity.as_ref(), extra)?;
+        }
+        if let Some(v) = &s.validator {
+            v.check_head(parts)?;
+        }
+        if let Some(i) = &s.inspect {
+            if let Some(f) = i.head(parts) {
+                finding(&route.name, i.mode(), f, done)?;
+            }
+        }
+        let max_body = s
+            .validator
+            .as_ref()
+            .and_then(Validator::max_body)
+            .map_or(self.limits.max_body_bytes, |m| {
+                m.min(self.limits.max_body_bytes)
+            });
+        let declared = parts
+            .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {max_body} bytes"),
-                f.id,
-                done,
-            );
+            return Err(too_large(max_body));
         }
-        let (mut parts, body) = req.into_parts();
+        let bodiless = body.is_end_stream();
+        let counter = done.audit.as_ref().map(|a| a.bytes_in.clone());
+        let limited = Limited {
+            inner: body,
+            left: max_body,
+            seen: counter,
+        };
+        let validate_body = s.validator.as_ref().is_some_and(|v| v.wants_body(parts));
+        let inspect_body = s.inspect.as_ref().is_some_and(|i| i.wants_body(parts));
+        if bodiless || !(validate_body || inspect_body) {
+            return Ok(Admitted::Go {
+                body: limited.boxed(),
+                bodiless,
+            });
+        }
+        // A phase needs the whole body: read it, within the limit and the route's timeout.
+        let bytes = match tokio::time::timeout(route.timeout, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<BodyTooLarge>() => return Err(too_large(max_body)),
+            Ok(Err(_)) => return Err(bad_body()),
+            Err(_) => {
+                let mut r = Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "body:timeout",
+                    format!("the request body did not arrive within {:?}", route.timeout),
+                );
+                r.close = true;
+                return Err(r);
+            }
+        };
+        if let Some(v) = s.validator.as_ref().filter(|_| validate_body) {
+            v.check_body(parts, &bytes)?;
+        }
+        if let Some(i) = s.inspect.as_ref().filter(|_| inspect_body) {
+            if let Some(f) = i.body(parts, &bytes) {
+                finding(&route.name, i.mode(), f, done)?;
+            }
+        }
+        Ok(Admitted::Go {
+            body: full(bytes),
+            bodiless: false,
+        })
+    }
+
+    async fn forward(
+        &self,
+        mut parts: Parts,
+        body: ReqBody,
+        bodiless: bool,
+        f: Forward<'_>,
+        done: &mut Done,
+    ) -> Response<Body> {
+        let max_body = self.limits.max_body_bytes;
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -367,16 +603,7 @@ impl Proxy {
                 | Method::DELETE
                 | Method::TRACE
         );
-        let bodiless = body.is_end_stream();
-        let counter = done.audit.as_ref().map(|a| a.bytes_in.clone());
-        let mut body = Some(
-            Limited {
-                inner: body,
-                left: max_body,
-                seen: counter,
-            }
-            .boxed(),
-        );
+        let mut body = Some(body);
         let path_and_query = match (parts.uri.query(), f.path.contains('?')) {
             (Some(q), true) => format!("{}&{q}", f.path),
             (Some(q), false) => format!("{}?{q}", f.path),
@@ -384,7 +611,7 @@ impl Proxy {
         };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarding(&mut parts.headers, f.conn, f.host, f.id_value);
-        let client_ip = f.conn.client.ip();
+        let client_ip = f.client_ip;
         let deadline = tokio::time::Instant::now() + f.timeout;
         let pool = f.pool;
         pool.deposit();
@@ -406,7 +633,13 @@ impl Proxy {
                 (None, Some(previous)) => return previous,
                 (None, None) => {
                     let message = format!("upstream {}: no healthy target", pool.name);
-                    return error(StatusCode::SERVICE_UNAVAILABLE, &message, f.id, done);
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_healthy_target",
+                        &message,
+                        f.id,
+                        done,
+                    );
                 }
             };
             tried.push(i);
@@ -418,6 +651,7 @@ impl Proxy {
                 Err(e) => {
                     return error(
                         StatusCode::BAD_REQUEST,
+                        "bad_request",
                         &format!("bad request target: {e}"),
                         f.id,
                         done,
@@ -454,13 +688,19 @@ impl Proxy {
                     return response;
                 }
                 Ok(Err(e)) => {
-                    if is_too_large(&e) {
+                    if has_source::<BodyTooLarge>(&e) {
                         return error(
                             StatusCode::PAYLOAD_TOO_LARGE,
+                            "body_too_large",
                             &format!("the request body is larger than {max_body} bytes"),
                             f.id,
                             done,
                         );
+                    }
+                    if has_source::<ClientBodyError>(&e) {
+                        // The client's body broke (bad chunking, cut off): its fault, not the
+                        // target's; and the connection cannot be trusted any more.
+                        return reject(&done.route_name(), bad_body(), f.id, done);
                     }
                     pool.report(i, Outcome::Failure);
                     let message = format!(
@@ -470,7 +710,8 @@ impl Proxy {
                         error_chain(&e)
                     );
                     tracing::debug!(request_id = f.id, %message, "upstream error");
-                    let response = error(StatusCode::BAD_GATEWAY, &message, f.id, done);
+                    let response =
+                        error(StatusCode::BAD_GATEWAY, "bad_gateway", &message, f.id, done);
                     if (e.is_connect() || idempotent) && may_retry {
                         failed = Some(response);
                         continue;
@@ -483,7 +724,13 @@ impl Proxy {
                         "upstream {} target {} did not answer within {:?}",
                         pool.name, target.label, f.timeout
                     );
-                    return error(StatusCode::GATEWAY_TIMEOUT, &message, f.id, done);
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway_timeout",
+                        &message,
+                        f.id,
+                        done,
+                    );
                 }
             }
         }
@@ -496,6 +743,8 @@ struct Forward<'a> {
     client: &'a UpstreamClient,
     version: Version,
     conn: &'a ConnInfo,
+    /// The client, trusted proxies seen through.
+    client_ip: std::net::IpAddr,
     host: Option<&'a str>,
     path: &'a str,
     timeout: Duration,
@@ -550,10 +799,10 @@ fn route_action<'c>(
     })
 }
 
-fn is_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if s.is::<BodyTooLarge>() {
+        if s.is::<T>() {
             return true;
         }
         source = s.source();
@@ -565,7 +814,8 @@ fn is_too_large(e: &hyper_util::client::legacy::Error) -> bool {
 struct Record {
     time: SystemTime,
     id: String,
-    client: SocketAddr,
+    /// The client, trusted proxies seen through.
+    client: std::net::IpAddr,
     method: Method,
     host: Option<String>,
     path: String,
@@ -573,6 +823,13 @@ struct Record {
     upstream: Option<String>,
     target: Option<String>,
     error: Option<String>,
+    /// The authenticated subject.
+    subject: Option<String>,
+    /// `deny` when a security phase refused the request, `log` when inspection only noted a
+    /// finding.
+    decision: Option<&'static str>,
+    /// The rule behind the decision.
+    rule: Option<String>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -589,6 +846,13 @@ struct Done {
 }
 
 impl Done {
+    fn route_name(&self) -> Arc<str> {
+        self.audit
+            .as_ref()
+            .and_then(|a| a.route.clone())
+            .unwrap_or_else(|| "none".into())
+    }
+
     fn set_target(&mut self, upstream: &str, target: &str) {
         if let Some(a) = self.audit.as_mut() {
             a.upstream = Some(upstream.to_string());
@@ -607,7 +871,7 @@ impl Drop for Done {
         self.sink.record(&audit::Line {
             time,
             request_id: &a.id,
-            client: a.client.ip().to_canonical().to_string(),
+            client: a.client.to_canonical().to_string(),
             method: a.method.as_str(),
             host: a.host.as_deref(),
             path: &a.path,
@@ -619,6 +883,9 @@ impl Drop for Done {
             bytes_out: self.bytes_out,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             error: a.error.as_deref(),
+            subject: a.subject.as_deref(),
+            decision: a.decision,
+            rule: a.rule.as_deref(),
         });
     }
 }
@@ -671,6 +938,11 @@ struct Limited {
 #[error("the request body is larger than the limit")]
 struct BodyTooLarge;
 
+/// Reading the client's body failed: bad chunking, or the client went away.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body")]
+struct ClientBodyError(#[source] hyper::Error);
+
 impl hyper::body::Body for Limited {
     type Data = Bytes;
     type Error = BoxError;
@@ -693,7 +965,7 @@ impl hyper::body::Body for Limited {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -806,13 +1078,21 @@ fn empty() -> ReqBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A JSON error response carrying the request id; the message also goes to the audit log.
-fn error(status: StatusCode, message: &str, id: &str, done: &mut Done) -> Response<Body> {
+/// A JSON error response carrying a stable code and the request id; the message also goes to
+/// the audit log.
+fn error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    id: &str,
+    done: &mut Done,
+) -> Response<Body> {
     if let Some(a) = done.audit.as_mut() {
         a.error = Some(message.to_string());
     }
     let body = serde_json::json!({
-        "error": message,
+        "error": code,
+        "message": message,
         "status": status.as_u16(),
         "request_id": id,
     });
@@ -823,4 +1103,72 @@ fn error(status: StatusCode, message: &str, id: &str, done: &mut Done) -> Respon
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The one place a refusal of the security phases becomes a response: the JSON error, the
+/// rejection's headers, the decision and rule in the audit line, and the metrics.
+fn reject(route: &str, r: Rejection, id: &str, done: &mut Done) -> Response<Body> {
+    let phase = r.rule.split(':').next().unwrap_or_default();
+    METRICS.rejections.with_label_values(&[route, phase]).inc();
+    let mut response = error(r.status, r.code, &r.message, id, done);
+    if let Some(a) = done.audit.as_mut() {
+        a.decision = Some("deny");
+        a.rule = Some(r.rule);
+    }
+    let headers = response.headers_mut();
+    for (name, value) in r.headers {
+        if let Some(name) = name {
+            headers.append(name, value);
+        }
+    }
+    if r.close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// An inspection finding: a refusal in block mode; in log mode only recorded.
+fn finding(route: &str, mode: InspectMode, f: Finding, done: &mut Done) -> Result<(), Rejection> {
+    let block = mode == InspectMode::Block;
+    METRICS
+        .findings
+        .with_label_values(&[route, f.class, if block { "block" } else { "log" }])
+        .inc();
+    let rule = format!("inspect:{}", f.rule);
+    if block {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "blocked",
+            rule,
+            format!("request blocked: {} in {}", f.class, f.part),
+        ));
+    }
+    if let Some(a) = done.audit.as_mut() {
+        if a.decision.is_none() {
+            a.decision = Some("log");
+            a.rule = Some(format!("{rule} ({})", f.part));
+        }
+    }
+    Ok(())
+}
+
+fn too_large(max: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "body:size",
+        format!("the request body is larger than {max} bytes"),
+    )
+}
+
+/// A body that could not be read: bad chunking, or cut off. The connection is closed after.
+fn bad_body() -> Rejection {
+    let mut r = Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "body:framing",
+        "the request body is malformed or was cut off",
+    );
+    r.close = true;
+    r
 }

@@ -1,0 +1,513 @@
+//! Rate limits in the proxy: GCRA (the generic cell rate algorithm, a token bucket kept as one
+//! timestamp per key) over a bounded table.
+//!
+//! A limit allows `limit` requests per `per` on average, and up to `burst` at once. Per key it
+//! stores only the theoretical arrival time (TAT) of the next request; a request is allowed
+//! when, after adding one emission interval (`per / limit`), the TAT is no more than
+//! `burst` intervals ahead of now.
+//!
+//! Keys are hashed with a per-process random key, so the table holds two `u64`s per key
+//! whatever the key's length, and a client cannot aim at one shard. The table is bounded:
+//! when a shard is full, keys whose bucket is full again (TAT in the past) go first, since
+//! forgetting them changes nothing; if that is not enough, arbitrary keys go, which at worst
+//! gives those clients a fresh bucket. Memory stays bounded when keys explode (random header
+//! values, spoofed sources).
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hyper::{header::HeaderName, http::request::Parts, StatusCode};
+use serde::Deserialize;
+
+use super::{auth::Identity, reject::Rejection};
+
+const SHARDS: usize = 16;
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `[[routes.rate_limits]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Name in headers, metrics and the audit log; default `rate_limits[INDEX]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What is counted: `client_ip`, `subject`, `api_key`, `route` or `header:NAME`.
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub limit: u32,
+    /// The window, e.g. `"1m"`.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub per: Duration,
+    /// Requests allowed at once; default: `limit`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Most keys remembered at once.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u32,
+}
+
+fn default_max_keys() -> u32 {
+    100_000
+}
+
+impl RateLimitConfig {
+    /// On error: the key below `routes[i].rate_limits[j]` and what is wrong.
+    pub fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        let err = |k: &str, m: String| Err((vec![k.to_string()], m));
+        if let Err(m) = Key::parse(&self.key) {
+            return err("key", m);
+        }
+        if self.limit == 0 {
+            return err("limit", "must be at least 1".into());
+        }
+        if self.per.is_zero() || self.per > Duration::from_secs(366 * 86400) {
+            return err("per", "must be above zero and at most a year".into());
+        }
+        if self.burst == Some(0) {
+            return err("burst", "must be at least 1".into());
+        }
+        if !(SHARDS as u32..=100_000_000).contains(&self.max_keys) {
+            return err(
+                "max_keys",
+                format!("{} is not in {SHARDS}..=100000000", self.max_keys),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a limit counts by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    ClientIp,
+    /// The authenticated subject; requests without one are not counted by this limit.
+    Subject,
+    /// The API key's id; requests without one are not counted.
+    ApiKey,
+    /// One bucket for the whole route.
+    Route,
+    /// A request header's value; requests without it are not counted.
+    Header(HeaderName),
+}
+
+impl Key {
+    pub fn parse(s: &str) -> Result<Key, String> {
+        Ok(match s {
+            "client_ip" => Key::ClientIp,
+            "subject" => Key::Subject,
+            "api_key" => Key::ApiKey,
+            "route" => Key::Route,
+            _ => match s.strip_prefix("header:") {
+                Some(name) => Key::Header(
+                    HeaderName::from_bytes(name.trim().as_bytes())
+                        .map_err(|_| format!("`{name}` is not a header name"))?,
+                ),
+                None => {
+                    return Err(format!(
+                        "`{s}` is not one of client_ip, subject, api_key, route, header:NAME"
+                    ))
+                }
+            },
+        })
+    }
+
+    /// Whether the key is only known after authentication.
+    pub fn needs_identity(&self) -> bool {
+        matches!(self, Key::Subject | Key::ApiKey)
+    }
+}
+
+/// One limit of a route.
+pub struct Limit {
+    pub name: Arc<str>,
+    pub key: Key,
+    limit: u32,
+    per: Duration,
+    /// `per / limit`, in nanoseconds.
+    interval: u64,
+    /// `burst * interval`: how far ahead of now the TAT may run.
+    tolerance: u64,
+    table: Table,
+    rejected: prometheus::IntCounter,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests left in the bucket now.
+    pub remaining: u64,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+    /// When refused: time until one request would be allowed.
+    pub retry_after: Duration,
+}
+
+impl Limit {
+    pub fn new(route: &str, index: usize, c: &RateLimitConfig) -> Limit {
+        let name: Arc<str> = match &c.name {
+            Some(n) => n.as_str().into(),
+            None => format!("rate_limits[{index}]").into(),
+        };
+        let interval = (c.per.as_nanos() / u128::from(c.limit)).max(1) as u64;
+        let burst = u64::from(c.burst.unwrap_or(c.limit));
+        Limit {
+            rejected: crate::metrics::METRICS
+                .rate_limited
+                .with_label_values(&[route, &name]),
+            name,
+            key: Key::parse(&c.key).expect("validated"),
+            limit: c.limit,
+            per: c.per,
+            interval,
+            tolerance: interval.saturating_mul(burst),
+            table: Table::new(c.max_keys as usize),
+        }
+    }
+
+    /// Counts the request when the limit applies to it; `None` when it does not (no subject,
+    /// no API key or no header).
+    pub fn check(
+        &self,
+        parts: &Parts,
+        client: IpAddr,
+        identity: Option<&Identity>,
+        now: Instant,
+    ) -> Option<Decision> {
+        let hash = match &self.key {
+            Key::ClientIp => self.table.hash(&client.to_canonical()),
+            Key::Route => 0,
+            Key::Subject => self.table.hash(identity?.subject.as_str()),
+            Key::ApiKey => self.table.hash(identity?.api_key.as_deref()?),
+            Key::Header(name) => {
+                let mut values = parts.headers.get_all(name).iter().peekable();
+                values.peek()?;
+                self.table
+                    .hash(&values.map(|v| v.as_bytes()).collect::<Vec<_>>())
+            }
+        };
+        let decision = self.table.acquire(hash, self.table.nanos(now), self);
+        if !decision.allowed {
+            self.rejected.inc();
+        }
+        Some(decision)
+    }
+
+    fn decide(&self, tat: u64, now: u64) -> (Option<u64>, Decision) {
+        let tat = tat.max(now);
+        let next = tat.saturating_add(self.interval);
+        let ahead = next - now;
+        if ahead > self.tolerance {
+            let full = tat - now;
+            let retry = ahead - self.tolerance;
+            return (
+                None,
+                Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset: Duration::from_nanos(full),
+                    retry_after: Duration::from_nanos(retry),
+                },
+            );
+        }
+        (
+            Some(next),
+            Decision {
+                allowed: true,
+                remaining: (self.tolerance - ahead) / self.interval,
+                reset: Duration::from_nanos(ahead),
+                retry_after: Duration::ZERO,
+            },
+        )
+    }
+
+    /// `"NAME";q=LIMIT;w=SECONDS`, an item of RateLimit-Policy.
+    fn policy_item(&self) -> String {
+        format!(
+            "\"{}\";q={};w={}",
+            self.name,
+            self.limit,
+            self.per.as_secs().max(1)
+        )
+    }
+}
+
+/// Keys' TATs, in nanoseconds since the table was made, in shards under their own locks.
+struct Table {
+    hasher: RandomState,
+    epoch: Instant,
+    per_shard: usize,
+    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+}
+
+impl Table {
+    fn new(max_keys: usize) -> Table {
+        Table {
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+            per_shard: (max_keys / SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn hash<T: std::hash::Hash + ?Sized>(&self, key: &T) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn acquire(&self, hash: u64, now: u64, limit: &Limit) -> Decision {
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        // A poisoned lock only means another thread panicked mid-update of two integers.
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = map.get(&hash).copied().unwrap_or(0);
+        let (next, decision) = limit.decide(tat, now);
+        if let Some(next) = next {
+            if map.len() >= self.per_shard && !map.contains_key(&hash) {
+                evict(&mut map, self.per_shard, now);
+            }
+            map.insert(hash, next);
+        }
+        decision
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
+    }
+}
+
+/// Makes room in a full shard: keys whose bucket is full again go first; if that frees less
+/// than an eighth, arbitrary keys go until an eighth is free.
+fn evict(map: &mut HashMap<u64, u64>, capacity: usize, now: u64) {
+    map.retain(|_, tat| *tat > now);
+    let target = capacity - capacity / 8 - 1;
+    if map.len() > target {
+        let excess = map.len() - target;
+        let victims: Vec<u64> = map.keys().take(excess).copied().collect();
+        for k in victims {
+            map.remove(&k);
+        }
+    }
+}
+
+/// A route's limits.
+pub struct Limits {
+    limits: Vec<Limit>,
+}
+
+impl Limits {
+    pub fn new(route: &str, configs: &[RateLimitConfig]) -> Limits {
+        Limits {
+            limits: configs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Limit::new(route, i, c))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    /// Checks the limits that do (`after_auth`) or do not need the identity. Every limit that
+    /// applies is charged until one refuses; the refusal carries Retry-After, RateLimit-Policy
+    /// and RateLimit. On success, the headers for the response (of the limit closest to its
+    /// end) are added to `headers`.
+    pub fn check(
+        &self,
+        after_auth: bool,
+        parts: &Parts,
+        client: IpAddr,
+        identity: Option<&Identity>,
+        headers: &mut Vec<(HeaderName, String)>,
+    ) -> Result<(), Rejection> {
+        let now = Instant::now();
+        let mut tightest: Option<(&Limit, Decision)> = None;
+        for limit in &self.limits {
+            if limit.key.needs_identity() != after_auth {
+                continue;
+            }
+            let Some(d) = limit.check(parts, client, identity, now) else {
+                continue;
+            };
+            if !d.allowed {
+                let secs = d.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                return Err(Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("ratelimit:{}", limit.name),
+                    format!("rate limit `{}` exceeded; retry in {secs} s", limit.name),
+                )
+                .with_header(hyper::header::RETRY_AFTER, &secs.to_string())
+                .with_header(RATELIMIT_POLICY, &limit.policy_item())
+                .with_header(RATELIMIT, &rate_item(limit, &d)));
+            }
+            if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
+                tightest = Some((limit, d));
+            }
+        }
+        if let Some((limit, d)) = tightest {
+            // Limits checked after authentication replace the ones before: one pair per
+            // response, naming the limit closest to refusing.
+            let before = headers.iter().find(|(n, _)| n == RATELIMIT).cloned();
+            let keep_before = before.is_some_and(|(_, v)| remaining_of(&v) < d.remaining);
+            if !keep_before {
+                headers.retain(|(n, _)| n != RATELIMIT && n != RATELIMIT_POLICY);
+                headers.push((RATELIMIT_POLICY, limit.policy_item()));
+                headers.push((RATELIMIT, rate_item(limit, &d)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `"NAME";r=REMAINING;t=SECONDS`, an item of RateLimit.
+fn rate_item(limit: &Limit, d: &Decision) -> String {
+    format!(
+        "\"{}\";r={};t={}",
+        limit.name,
+        d.remaining,
+        d.reset.as_secs_f64().ceil() as u64
+    )
+}
+
+fn remaining_of(item: &str) -> u64 {
+    item.split(';')
+        .find_map(|p| p.strip_prefix("r="))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(limit: u32, per: u64, burst: Option<u32>, max_keys: u32) -> Limit {
+        Limit::new(
+            "test",
+            0,
+            &RateLimitConfig {
+                name: Some("l".into()),
+                key: "client_ip".into(),
+                limit,
+                per: Duration::from_secs(per),
+                burst,
+                max_keys,
+            },
+        )
+    }
+
+    fn parts() -> Parts {
+        hyper::Request::new(()).into_parts().0
+    }
+
+    #[test]
+    fn allows_the_burst_then_the_rate() {
+        let l = limit(10, 1, Some(3), 1000);
+        let p = parts();
+        let ip: IpAddr = "198.18.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for left in [2, 1, 0] {
+            let d = l.check(&p, ip, None, t0).unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.remaining, left);
+        }
+        let d = l.check(&p, ip, None, t0).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(100));
+        // Another key has its own bucket.
+        assert!(
+            l.check(&p, "198.18.0.2".parse().unwrap(), None, t0)
+                .unwrap()
+                .allowed
+        );
+        // One interval later, one more request.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(l.check(&p, ip, None, t1).unwrap().allowed);
+        assert!(!l.check(&p, ip, None, t1).unwrap().allowed);
+        // Over a long run, the rate holds: 10 per second.
+        let mut allowed = 0;
+        for ms in (200..10_200).step_by(10) {
+            if l.check(&p, ip, None, t0 + Duration::from_millis(ms))
+                .unwrap()
+                .allowed
+            {
+                allowed += 1;
+            }
+        }
+        assert!((99..=101).contains(&allowed), "{allowed}");
+    }
+
+    #[test]
+    fn the_table_stays_bounded_when_keys_explode() {
+        let l = limit(5, 60, None, 1024);
+        let p = parts();
+        let now = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) << 64));
+            assert!(l.check(&p, ip, None, now).unwrap().allowed);
+        }
+        assert!(l.table.len() <= 1024, "{}", l.table.len());
+        // A key seen recently is still limited after the churn, unless it was evicted;
+        // a fresh key can always get through.
+        let fresh: IpAddr = "198.18.9.9".parse().unwrap();
+        assert!(l.check(&p, fresh, None, now).unwrap().allowed);
+    }
+
+    #[test]
+    fn keys_that_need_what_the_request_lacks_do_not_count() {
+        let mut c = RateLimitConfig {
+            name: None,
+            key: "header:x-tenant".into(),
+            limit: 1,
+            per: Duration::from_secs(60),
+            burst: None,
+            max_keys: 1000,
+        };
+        let l = Limit::new("r", 0, &c);
+        let p = parts();
+        let ip: IpAddr = "198.18.0.1".parse().unwrap();
+        assert_eq!(l.check(&p, ip, None, Instant::now()), None);
+        c.key = "subject".into();
+        let l = Limit::new("r", 0, &c);
+        assert_eq!(l.check(&p, ip, None, Instant::now()), None);
+        assert!(Key::parse("header:bad name").is_err());
+        assert!(Key::parse("cookie").is_err());
+    }
+
+    #[test]
+    fn refusals_carry_the_headers() {
+        let limits = Limits::new(
+            "r",
+            &[RateLimitConfig {
+                name: Some("per-ip".into()),
+                key: "client_ip".into(),
+                limit: 2,
+                per: Duration::from_secs(60),
+                burst: None,
+                max_keys: 1000,
+            }],
+        );
+        let p = parts();
+        let ip: IpAddr = "198.18.0.1".parse().unwrap();
+        let mut headers = Vec::new();
+        limits.check(false, &p, ip, None, &mut headers).unwrap();
+        assert_eq!(headers[0].1, "\"per-ip\";q=2;w=60");
+        assert_eq!(headers[1].1, "\"per-ip\";r=1;t=30");
+        limits.check(false, &p, ip, None, &mut headers).unwrap();
+        let r = limits.check(false, &p, ip, None, &mut headers).unwrap_err();
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers["retry-after"], "30");
+        assert_eq!(r.headers["ratelimit"], "\"per-ip\";r=0;t=60");
+    }
+}
