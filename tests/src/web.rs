@@ -276,6 +276,13 @@ async fn answer(
     response
         .headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
+    // Headers that give the software away, which the gateway removes by default.
+    response
+        .headers_mut()
+        .insert("server", "test-upstream/1.0".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-powered-by", "PHP/5.2".parse().unwrap());
     Ok(response)
 }
 
