@@ -46,7 +46,7 @@ pub struct Line<'a> {
     /// The authenticated subject, when there is one.
     pub subject: Option<&'a str>,
     /// `deny` when a security phase refused the request; `log` when inspection only noted a
-    /// finding.
+    /// finding; `allow` when authentication let it in (the rule names the provider).
     pub decision: Option<&'a str>,
     /// The rule behind the decision (`auth:...`, `ratelimit:NAME`, `inspect:ID`...).
     pub rule: Option<&'a str>,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: benchmarks, one subcommand per layer.
 
 mod proxy;
+mod secured;
 
 use std::fs;
 

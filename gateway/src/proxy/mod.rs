@@ -511,7 +511,10 @@ impl Proxy {
             None => None,
         };
         if let (Some(i), Some(a)) = (&identity, done.audit.as_mut()) {
+            // Allowed so far; a later phase that refuses replaces the decision.
             a.subject = Some(i.subject.clone());
+            a.decision = Some("allow");
+            a.rule = Some(format!("auth:{}", i.provider));
         }
         if !s.limits.is_empty() {
             s.limits
@@ -826,7 +829,7 @@ struct Record {
     /// The authenticated subject.
     subject: Option<String>,
     /// `deny` when a security phase refused the request, `log` when inspection only noted a
-    /// finding.
+    /// finding, `allow` when authentication let it in.
     decision: Option<&'static str>,
     /// The rule behind the decision.
     rule: Option<String>,
@@ -1144,7 +1147,7 @@ fn finding(route: &str, mode: InspectMode, f: Finding, done: &mut Done) -> Resul
         ));
     }
     if let Some(a) = done.audit.as_mut() {
-        if a.decision.is_none() {
+        if matches!(a.decision, None | Some("allow")) {
             a.decision = Some("log");
             a.rule = Some(format!("{rule} ({})", f.part));
         }

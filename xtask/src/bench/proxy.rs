@@ -1,14 +1,20 @@
-//! `cargo xtask bench proxy`: what the reverse proxy costs, next to nginx in the same run.
+//! `cargo xtask bench proxy`: what the reverse proxy costs, next to nginx and HAProxy in the
+//! same run.
 //!
 //! ```text
 //!                   direct:  ----------------------------------------->
 //!   wrk --latency   gateway: --> 127.0.0.1:G  gateway run -----------> bench-upstream
 //!   (load)          nginx:   --> 127.0.0.1:N  nginx, keep-alive ----->  127.0.0.1:U
+//!                   haproxy: --> 127.0.0.1:H  haproxy, keep-alive --->
 //! ```
 //!
 //! The upstream (`tests/src/bin/bench_upstream.rs`) answers every request 200 with 13 bytes on
-//! one thread. nginx is the reference: a plain reverse proxy with as many workers as the
-//! gateway has runtime threads and keep-alive connections to the upstream.
+//! one thread. nginx is the reference for the plain proxy (GET /): a reverse proxy with as many
+//! workers as the gateway has runtime threads and keep-alive connections to the upstream.
+//! HAProxy is the reference for the secured routes (see `secured.rs`): the same POST with a
+//! bearer token, verified with `jwt_verify`, on the plain route and on routes with HS256 and
+//! RS256 tokens. Two more gateway cases report what a first-seen RS256 token costs (its token
+//! cache off) and how fast bad tokens are refused.
 //!
 //! Method: after a short warm-up of each case, every round runs each case once for the same
 //! time, in an order rotated from round to round, so that a slow phase of a noisy machine hits
@@ -44,6 +50,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use super::secured::{self, Request, Tokens};
 use crate::{
     setup,
     util::{self, describe, exec, toml_string},
@@ -52,7 +59,7 @@ use crate::{
 /// What the bench runs besides what `cargo xtask setup` installs. Installed here on demand
 /// rather than by every setup: on a host with an init system Debian's nginx package starts a
 /// default site on port 80.
-pub const DEBIAN_PACKAGES: &[&str] = &["wrk", "nginx"];
+pub const DEBIAN_PACKAGES: &[&str] = &["wrk", "nginx", "haproxy", "openssl"];
 
 /// The upstream's answer to every request.
 const BODY: &[u8] = b"hello, world\n";
@@ -62,6 +69,12 @@ const MIN_CPU_RATIO: f64 = 1.0;
 const MAX_P99_RATIO: f64 = 1.2;
 /// ... and its peak RSS under this.
 const MAX_RSS_BYTES: u64 = 64 << 20;
+/// Share of the plain route's requests per proxy CPU-second a secured route keeps, with the
+/// same token repeated.
+const MIN_SECURED_SHARE: f64 = 0.85;
+/// The gateway's secured route against HAProxy's, requests per proxy CPU-second.
+const MIN_RS256_VS_HAPROXY: f64 = 1.5;
+const MIN_HS256_VS_HAPROXY: f64 = 1.0;
 
 /// As many nginx workers as the gateway has runtime threads (`gateway/src/daemon.rs`).
 const NGINX_WORKERS: u32 = 2;
@@ -158,11 +171,13 @@ pub fn run(opts: Options) -> Result<()> {
     )?;
     upstream.wait_listening(upstream_addr)?;
 
+    let tokens = Tokens::make(dir.path()).context("making keys and tokens with openssl")?;
     let gateway_addr = free_addr()?;
     let gateway_config = dir.path().join("gateway.toml");
     write(
         &gateway_config,
-        &gateway_config_text(&dir, gateway_addr, upstream_addr),
+        &(gateway_config_text(&dir, gateway_addr, upstream_addr)
+            + &secured::gateway_routes(&tokens, dir.path())?),
     )?;
     let gateway = Proc::spawn(
         "the gateway",
@@ -193,30 +208,43 @@ pub fn run(opts: Options) -> Result<()> {
     )?;
     nginx.wait_listening(nginx_addr)?;
 
-    let targets = [
-        Target {
-            case: Case::Direct,
-            addr: upstream_addr,
-            proxy: None,
-        },
-        Target {
-            case: Case::Gateway,
-            addr: gateway_addr,
-            proxy: Some(&gateway),
-        },
-        Target {
-            case: Case::Nginx,
-            addr: nginx_addr,
-            proxy: Some(&nginx),
-        },
-    ];
+    let haproxy_addr = free_addr()?;
+    let haproxy_config = dir.path().join("haproxy.cfg");
+    write(
+        &haproxy_config,
+        &secured::haproxy_config_text(haproxy_addr, upstream_addr, NGINX_WORKERS, &tokens)?,
+    )?;
+    let haproxy = Proc::spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-db").arg("-f").arg(&haproxy_config),
+        dir.path().join("haproxy.log"),
+    )?;
+    haproxy.wait_listening(haproxy_addr)?;
+
+    let targets = Case::ALL
+        .iter()
+        .map(|&case| {
+            let (addr, proxy) = match case.proxy() {
+                Proxy::None => (upstream_addr, None),
+                Proxy::Gateway => (gateway_addr, Some(&gateway)),
+                Proxy::Nginx => (nginx_addr, Some(&nginx)),
+                Proxy::Haproxy => (haproxy_addr, Some(&haproxy)),
+            };
+            Ok(Target {
+                case,
+                addr,
+                proxy,
+                script: case.request().wrk_script(&tokens, dir.path())?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     for target in &targets {
-        check_answer(target.addr).with_context(|| format!("checking {}", target.case))?;
+        check_answer(target.addr, target.case.request(), &tokens)
+            .with_context(|| format!("checking {}", target.case))?;
     }
     eprintln!(
-        "upstream {upstream_addr}, gateway {gateway_addr}, nginx {nginx_addr}: each answers 200 \
-         \"{}\"",
-        BODY.escape_ascii()
+        "upstream {upstream_addr}, gateway {gateway_addr}, nginx {nginx_addr}, haproxy \
+         {haproxy_addr}: each answers as expected"
     );
 
     let wrk = Wrk {
@@ -226,8 +254,8 @@ pub fn run(opts: Options) -> Result<()> {
     };
     if opts.warmup > 0 {
         for target in &targets {
-            let (load, _) = wrk.run(target.addr, opts.warmup)?;
-            if load.errors() > 0 {
+            let (load, _) = wrk.run(target.addr, target.script.as_deref(), opts.warmup)?;
+            if target.case.errors(&load) > 0 {
                 eprintln!(
                     "warning: warm-up of {}: {}",
                     target.case,
@@ -260,6 +288,7 @@ pub fn run(opts: Options) -> Result<()> {
     let nginx_rss = nginx_peak_rss(&nginx)?;
     gateway.check_running()?;
     nginx.check_running()?;
+    haproxy.check_running()?;
     upstream.check_running()?;
 
     let results = Results::new(&runs, gateway_rss, nginx_rss);
@@ -276,7 +305,7 @@ pub fn run(opts: Options) -> Result<()> {
     let failed: Vec<String> = Case::ALL
         .iter()
         .filter_map(|case| {
-            let errors: u64 = results.runs_of(*case).map(|r| r.load.errors()).sum();
+            let errors: u64 = results.runs_of(*case).map(Run::errors).sum();
             (errors > 0).then(|| format!("{case} ({errors} errors)"))
         })
         .collect();
@@ -297,16 +326,86 @@ enum Case {
     Direct,
     Gateway,
     Nginx,
+    /// The secured cases' baseline: their POST on a route without security.
+    GatewayPost,
+    GatewayHs256,
+    GatewayRs256,
+    /// RS256 with the token cache off: what a first-seen token costs.
+    GatewayRs256Uncached,
+    /// RS256 with a broken signature: the cost of refusing.
+    GatewayBadToken,
+    HaproxyPost,
+    HaproxyHs256,
+    HaproxyRs256,
+}
+
+/// Which process a case goes through.
+enum Proxy {
+    None,
+    Gateway,
+    Nginx,
+    Haproxy,
 }
 
 impl Case {
-    const ALL: [Case; 3] = [Case::Direct, Case::Gateway, Case::Nginx];
+    const ALL: [Case; 11] = [
+        Case::Direct,
+        Case::Gateway,
+        Case::Nginx,
+        Case::GatewayPost,
+        Case::GatewayHs256,
+        Case::GatewayRs256,
+        Case::GatewayRs256Uncached,
+        Case::GatewayBadToken,
+        Case::HaproxyPost,
+        Case::HaproxyHs256,
+        Case::HaproxyRs256,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Case::Direct => "direct",
             Case::Gateway => "gateway",
             Case::Nginx => "nginx",
+            Case::GatewayPost => "gateway-post",
+            Case::GatewayHs256 => "gateway-hs256",
+            Case::GatewayRs256 => "gateway-rs256",
+            Case::GatewayRs256Uncached => "gateway-rs256-uncached",
+            Case::GatewayBadToken => "gateway-bad-token",
+            Case::HaproxyPost => "haproxy-post",
+            Case::HaproxyHs256 => "haproxy-hs256",
+            Case::HaproxyRs256 => "haproxy-rs256",
+        }
+    }
+
+    fn proxy(self) -> Proxy {
+        match self {
+            Case::Direct => Proxy::None,
+            Case::Nginx => Proxy::Nginx,
+            Case::HaproxyPost | Case::HaproxyHs256 | Case::HaproxyRs256 => Proxy::Haproxy,
+            _ => Proxy::Gateway,
+        }
+    }
+
+    fn request(self) -> Request {
+        match self {
+            Case::Direct | Case::Gateway | Case::Nginx => Request::Get,
+            Case::GatewayPost | Case::HaproxyPost => Request::PostPlain,
+            Case::GatewayHs256 | Case::HaproxyHs256 => Request::PostHs256,
+            Case::GatewayRs256 | Case::HaproxyRs256 => Request::PostRs256,
+            Case::GatewayRs256Uncached => Request::PostRs256Uncached,
+            Case::GatewayBadToken => Request::PostBadToken,
+        }
+    }
+
+    /// Failed requests: socket errors, and answers other than the case expects (2xx/3xx, or
+    /// for the bad token, a refusal).
+    fn errors(self, load: &Load) -> u64 {
+        let socket: u64 = load.socket_errors.iter().sum();
+        if self.request().expected_status() >= 400 {
+            socket + load.requests.saturating_sub(load.non_2xx_3xx)
+        } else {
+            socket + load.non_2xx_3xx
         }
     }
 }
@@ -322,6 +421,8 @@ struct Target<'a> {
     case: Case,
     addr: SocketAddr,
     proxy: Option<&'a Proc>,
+    /// The wrk script that sends the case's request; `None`: GET /.
+    script: Option<PathBuf>,
 }
 
 impl Target<'_> {
@@ -331,7 +432,9 @@ impl Target<'_> {
         let proxy_before = self.proxy.map(Proc::cpu).transpose().with_context(what)?;
         let upstream_before = upstream.cpu().with_context(what)?;
         let machine_before = machine_busy_ticks().with_context(what)?;
-        let (load, wrk_cpu_s) = wrk.run(self.addr, seconds).with_context(what)?;
+        let (load, wrk_cpu_s) = wrk
+            .run(self.addr, self.script.as_deref(), seconds)
+            .with_context(what)?;
         let machine_after = machine_busy_ticks().with_context(what)?;
         let upstream_after = upstream.cpu().with_context(what)?;
         let proxy_cpu_s = match (self.proxy, proxy_before) {
@@ -375,6 +478,10 @@ struct Run {
 }
 
 impl Run {
+    fn errors(&self) -> u64 {
+        self.case.errors(&self.load)
+    }
+
     fn requests_per_proxy_cpu_s(&self) -> Option<f64> {
         self.proxy_cpu_s
             .filter(|cpu| *cpu > 0.0)
@@ -394,7 +501,7 @@ impl Run {
         if self.is_noisy() {
             line += &format!("  (busy machine: {:.2} CPU-s elsewhere)", self.other_cpu_s);
         }
-        if self.load.errors() > 0 {
+        if self.errors() > 0 {
             line += &format!("  ERRORS: {}", self.load.describe_errors());
         }
         line
@@ -459,7 +566,7 @@ impl Medians {
             upstream_cpu_s: of(|r| r.upstream_cpu_s),
             wrk_cpu_s: of(|r| r.wrk_cpu_s),
             other_cpu_s: of(|r| r.other_cpu_s),
-            errors: runs.clone().map(|r| r.load.errors()).sum(),
+            errors: runs.clone().map(Run::errors).sum(),
         }
     }
 
@@ -495,6 +602,8 @@ struct Results<'a> {
     /// nginx's master and workers together, for comparison.
     nginx_rss: u64,
     checks: Vec<Check>,
+    /// Figures reported without a target: name, value, detail.
+    reported: Vec<(&'static str, Option<f64>, String)>,
 }
 
 impl<'a> Results<'a> {
@@ -511,6 +620,25 @@ impl<'a> Results<'a> {
                 .1
         };
         let (gateway, nginx) = (get(Case::Gateway), get(Case::Nginx));
+        let per_cpu = |case: Case| get(case).requests_per_proxy_cpu_s;
+        let ratio = |a: Case, b: Case| per_cpu(a).zip(per_cpu(b)).map(|(a, b)| a / b);
+        let versus = |a: Case, b: Case| {
+            format!(
+                "{} vs {}",
+                optional(per_cpu(a), 0),
+                optional(per_cpu(b), 0)
+            )
+        };
+        let at_least = |name: &'static str, a: Case, b: Case, min: f64| {
+            let value = ratio(a, b);
+            Check {
+                name,
+                detail: versus(a, b),
+                value,
+                limit: format!(">= {min:.2}"),
+                met: value.is_some_and(|r| r >= min),
+            }
+        };
         let cpu_ratio = gateway
             .requests_per_proxy_cpu_s
             .zip(nginx.requests_per_proxy_cpu_s)
@@ -546,6 +674,56 @@ impl<'a> Results<'a> {
                 limit: format!("< {}", MAX_RSS_BYTES >> 20),
                 met: gateway_rss < MAX_RSS_BYTES,
             },
+            at_least(
+                "secured RS256 route / plain route, gateway, same token",
+                Case::GatewayRs256,
+                Case::GatewayPost,
+                MIN_SECURED_SHARE,
+            ),
+            at_least(
+                "secured HS256 route / plain route, gateway, same token",
+                Case::GatewayHs256,
+                Case::GatewayPost,
+                MIN_SECURED_SHARE,
+            ),
+            at_least(
+                "RS256 secured requests per proxy CPU-second, gateway / haproxy",
+                Case::GatewayRs256,
+                Case::HaproxyRs256,
+                MIN_RS256_VS_HAPROXY,
+            ),
+            at_least(
+                "HS256 secured requests per proxy CPU-second, gateway / haproxy",
+                Case::GatewayHs256,
+                Case::HaproxyHs256,
+                MIN_HS256_VS_HAPROXY,
+            ),
+        ];
+        let us = |case: Case| per_cpu(case).map(|r| 1e6 / r);
+        let reported = vec![
+            (
+                "first-seen RS256 token: proxy CPU per request, us",
+                us(Case::GatewayRs256Uncached),
+                format!(
+                    "token cache off; with the same token cached: {} us",
+                    optional(us(Case::GatewayRs256), 1)
+                ),
+            ),
+            (
+                "bad tokens refused per proxy CPU-second",
+                per_cpu(Case::GatewayBadToken),
+                "RS256, broken signature, answered 401".to_string(),
+            ),
+            (
+                "haproxy: HS256 share of its plain requests per CPU-second",
+                ratio(Case::HaproxyHs256, Case::HaproxyPost),
+                versus(Case::HaproxyHs256, Case::HaproxyPost),
+            ),
+            (
+                "haproxy: RS256 share of its plain requests per CPU-second",
+                ratio(Case::HaproxyRs256, Case::HaproxyPost),
+                versus(Case::HaproxyRs256, Case::HaproxyPost),
+            ),
         ];
         Results {
             runs,
@@ -553,6 +731,7 @@ impl<'a> Results<'a> {
             gateway_rss,
             nginx_rss,
             checks,
+            reported,
         }
     }
 
@@ -566,12 +745,12 @@ impl<'a> Results<'a> {
             opts.rounds, opts.duration, opts.threads, opts.connections
         );
         println!(
-            "{:<8} {:>9} {:>10} {:>10} {:>12} {:>16} {:>7}",
+            "{:<22} {:>9} {:>10} {:>10} {:>12} {:>16} {:>7}",
             "case", "req/s", "p50", "p99", "proxy CPU s", "req/proxy CPU-s", "errors"
         );
         for (case, m) in &self.medians {
             println!(
-                "{:<8} {:>9.0} {:>10} {:>10} {:>12} {:>16} {:>7}",
+                "{:<22} {:>9.0} {:>10} {:>10} {:>12} {:>16} {:>7}",
                 case.name(),
                 m.requests_per_s,
                 latency(m.p50_us),
@@ -589,6 +768,10 @@ impl<'a> Results<'a> {
                 self.runs.len(),
                 NOISE_SHARE * 100.0
             );
+        }
+        println!("\nreported:");
+        for (name, value, detail) in &self.reported {
+            println!("  {name}: {} ({detail})", optional(*value, 2));
         }
         println!("\ntargets:");
         for check in &self.checks {
@@ -649,7 +832,16 @@ impl<'a> Results<'a> {
                 "warmup_s": opts.warmup,
                 "connections": opts.connections,
                 "threads": opts.threads,
-                "order": "direct, gateway, nginx, rotated by one each round",
+                "order": Case::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+                    + ", rotated by one each round",
+                "secured_request": format!(
+                    "POST with a {}-byte JSON body and a bearer token",
+                    secured::POST_BODY.len()
+                ),
+                "haproxy": {
+                    "version": package_version("haproxy"),
+                    "threads": NGINX_WORKERS,
+                },
                 "load_generator": format!("wrk {}", package_version("wrk")),
                 "response_body_bytes": BODY.len(),
                 "upstream": "bench-upstream: hyper HTTP/1.1, keep-alive, one thread",
@@ -667,6 +859,15 @@ impl<'a> Results<'a> {
                 "loadavg_at_start": load_at_start.trim(),
             },
             "cases": cases,
+            "reported": self
+                .reported
+                .iter()
+                .map(|(name, value, detail)| json!({
+                    "name": name,
+                    "value": value.map(round3),
+                    "detail": detail,
+                }))
+                .collect::<Vec<_>>(),
             "gateway_peak_rss_bytes": self.gateway_rss,
             "nginx_peak_rss_bytes": self.nginx_rss,
             "targets": {
@@ -692,10 +893,6 @@ struct Load {
 }
 
 impl Load {
-    fn errors(&self) -> u64 {
-        self.non_2xx_3xx + self.socket_errors.iter().sum::<u64>()
-    }
-
     fn describe_errors(&self) -> String {
         let [connect, read, write, timeout] = self.socket_errors;
         format!(
@@ -716,7 +913,7 @@ struct Wrk {
 
 impl Wrk {
     /// Runs wrk for `seconds`; returns its report and the CPU seconds wrk itself used.
-    fn run(&self, addr: SocketAddr, seconds: u32) -> Result<(Load, f64)> {
+    fn run(&self, addr: SocketAddr, script: Option<&Path>, seconds: u32) -> Result<(Load, f64)> {
         check_interrupted()?;
         let out = File::create(&self.output)
             .with_context(|| format!("creating {}", self.output.display()))?;
@@ -724,8 +921,11 @@ impl Wrk {
         cmd.arg("--latency")
             .arg(format!("-t{}", self.threads))
             .arg(format!("-c{}", self.connections))
-            .arg(format!("-d{seconds}s"))
-            .arg(format!("http://{addr}/"))
+            .arg(format!("-d{seconds}s"));
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
+        }
+        cmd.arg(format!("http://{addr}/"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().context("duplicating a file handle")?)
             .stderr(out);
@@ -1106,28 +1306,37 @@ fn nginx_peak_rss(nginx: &Proc) -> Result<u64> {
     Ok(total)
 }
 
-/// Sends one request and checks that the answer is 200 with the upstream's body.
-fn check_answer(addr: SocketAddr) -> Result<()> {
+/// Sends the case's request once and checks the answer: 200 with the upstream's body, or the
+/// refusal the case expects.
+fn check_answer(addr: SocketAddr, request: Request, tokens: &Tokens) -> Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, CHECK_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(CHECK_TIMEOUT))?;
     stream.set_write_timeout(Some(CHECK_TIMEOUT))?;
-    write!(
-        stream,
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("sending a request to {addr}"))?;
+    stream
+        .write_all(request.raw(addr, tokens).as_bytes())
+        .with_context(|| format!("sending a request to {addr}"))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
         .with_context(|| format!("reading the answer from {addr}"))?;
     let text = String::from_utf8_lossy(&response);
     let status = text.lines().next().unwrap_or_default();
-    ensure!(
-        status.starts_with("HTTP/1.1 200 ") && response.ends_with(BODY),
-        "expected 200 and \"{}\" from {addr}, got:\n{text}",
-        BODY.escape_ascii()
-    );
+    let expected = request.expected_status();
+    if expected == 200 {
+        ensure!(
+            status.starts_with("HTTP/1.1 200 ") && response.ends_with(BODY),
+            "expected 200 and \"{}\" from {addr}{}, got:\n{text}",
+            BODY.escape_ascii(),
+            request.path()
+        );
+    } else {
+        ensure!(
+            status.starts_with(&format!("HTTP/1.1 {expected} ")),
+            "expected {expected} from {addr}{}, got:\n{text}",
+            request.path()
+        );
+    }
     Ok(())
 }
 
@@ -1378,7 +1587,8 @@ Transfer/sec:      8.25MB
             .map(|l| format!("{l}\n"))
             .collect();
         let load = parse_wrk(&clean).unwrap();
-        assert_eq!(load.errors(), 0);
+        assert_eq!(Case::Gateway.errors(&load), 0);
+        assert_eq!(Case::GatewayBadToken.errors(&load), load.requests);
         assert!(parse_wrk("Running 5s test @ http://127.0.0.1:8080/\n").is_err());
     }
 
