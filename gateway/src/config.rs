@@ -1331,7 +1331,12 @@ mod tests {
         let api = &c.upstreams["api"];
         assert_eq!(api.targets[1].weight, 2);
         assert_eq!(api.health_check, Some(HealthCheckConfig::default()));
-        assert_eq!(c.routes.len(), 3);
+        assert_eq!(c.routes.len(), 4);
+        let public = &c.routes[3];
+        assert_eq!(public.rate_limits[0].burst, Some(20));
+        assert_eq!(public.rate_limits[1].key, "route");
+        let cors = public.cors.as_ref().unwrap();
+        assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
         assert_eq!(c.routes[2].timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.routes[1].rewrite.as_deref(), Some("/users/{id}"));
         assert_eq!(
