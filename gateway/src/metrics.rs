@@ -38,6 +38,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// Inspection findings, by route, rule class and mode (`block` or `log`).
     pub findings: IntCounterVec,
+    /// HTTP/1 requests refused for their framing (request smuggling defences), by problem.
+    pub framing_refused: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -133,6 +135,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "gateway_inspection_findings_total",
             "Payload inspection findings, by route, rule class and mode.",
             &["route", "class", "mode"],
+        ),
+        framing_refused: counter_vec(
+            "gateway_framing_refused_total",
+            "HTTP/1 requests refused for their framing (smuggling defences), by problem.",
+            &["problem"],
         ),
         registry,
     }

@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod reject;
 pub mod route;
 pub mod server;
+pub mod smuggle;
 pub mod upstream;
 pub mod validate;
 
@@ -97,6 +98,9 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub struct Limits {
     pub max_connections: u32,
     pub max_body_bytes: u64,
+    /// hyper's limits on a request head, which the HTTP/1 framing guard follows.
+    pub max_header_bytes: u32,
+    pub max_headers: u32,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -318,6 +322,8 @@ impl Proxy {
             limits: Limits {
                 max_connections: p.max_connections,
                 max_body_bytes: p.max_body_bytes,
+                max_header_bytes: p.max_header_bytes,
+                max_headers: p.max_headers,
                 header_read_timeout: p.header_read_timeout,
                 idle_timeout: p.idle_timeout,
                 shutdown_timeout: p.shutdown_timeout,

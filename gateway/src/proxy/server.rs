@@ -21,7 +21,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -33,7 +33,12 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::Proxy;
+use hyper::{header::HeaderMap, Method, StatusCode};
+
+use super::{
+    smuggle::{Guard, Trip, Violation},
+    Done, Proxy, Record, REQUEST_ID,
+};
 use crate::{config::Config, metrics::METRICS};
 
 /// What every listener and connection shares.
@@ -334,7 +339,11 @@ async fn connection(stream: TcpStream, info: ConnInfo, shared: &Arc<Shared>) {
         let handshake =
             tokio::time::timeout(proxy.limits.header_read_timeout, acceptor.accept(stream));
         match handshake.await {
-            Ok(Ok(tls)) => serve(tls, info, shared, &proxy, activity).await,
+            Ok(Ok(tls)) => {
+                // HTTP/2 has no HTTP/1 framing to smuggle with.
+                let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+                serve(tls, h1, info, shared, &proxy, activity).await
+            }
             Ok(Err(e)) => {
                 METRICS.tls_handshake_failures.inc();
                 tracing::debug!(client = %info.client, error = %e, "TLS handshake failed");
@@ -345,15 +354,18 @@ async fn connection(stream: TcpStream, info: ConnInfo, shared: &Arc<Shared>) {
             }
         }
     } else {
-        serve(stream, info, shared, &proxy, activity).await;
+        serve(stream, true, info, shared, &proxy, activity).await;
     }
 }
 
+/// Serves the connection `io` (plain, or TLS already accepted); `h1` when it may speak
+/// HTTP/1, whose framing is then checked.
 async fn serve<S>(
     io: S,
+    h1: bool,
     info: ConnInfo,
     shared: &Arc<Shared>,
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     activity: Arc<Activity>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -375,6 +387,24 @@ async fn serve<S>(
             }
         })
     };
+    let refuse = Refuse {
+        proxy: proxy.clone(),
+        info: info.clone(),
+        activity: activity.clone(),
+    };
+    // The guard sits between the (decrypted) stream and hyper: it must see the bytes exactly as
+    // hyper will, and before hyper acts on them.
+    let io = if h1 {
+        let l = &proxy.limits;
+        Guard::new(
+            io,
+            l.max_header_bytes as usize,
+            l.max_headers as usize,
+            refuse,
+        )
+    } else {
+        Guard::passthrough(io, refuse)
+    };
     let conn = proxy.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = shared.closing.subscribe();
@@ -393,6 +423,12 @@ async fn serve<S>(
                     tracing::debug!(client = %info.client, error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            // The framing guard refused a request: finish the ones before it, then close
+            // (the guard writes the 400 last).
+            _ = activity.tripped.notified(), if !shutting => {
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
             }
             _ = closing.changed(), if !shutting => {
                 shutting = true;
@@ -419,6 +455,99 @@ struct Activity {
     ops: AtomicU64,
     /// Requests being handled (up to their response head).
     in_flight: AtomicUsize,
+    /// The framing guard refused a request and hyper has everything before it.
+    tripped: tokio::sync::Notify,
+}
+
+/// What a connection does when its framing guard refuses a request.
+struct Refuse {
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+    activity: Arc<Activity>,
+}
+
+impl Trip for Refuse {
+    fn tripped(&mut self, v: &Violation) -> Option<Vec<u8>> {
+        METRICS
+            .framing_refused
+            .with_label_values(&[v.problem.name()])
+            .inc();
+        tracing::debug!(
+            client = %self.info.client,
+            problem = v.problem.name(),
+            in_body = v.in_body,
+            "request refused for its framing"
+        );
+        (!v.in_body).then(|| self.proxy.framing_answer(&self.info, v))
+    }
+
+    fn drained(&mut self) {
+        self.activity.tripped.notify_one();
+    }
+}
+
+impl Proxy {
+    /// The answer to a request head the framing guard refused, as bytes for the wire: a 400
+    /// with the JSON error, the request id and the security headers. It is counted and
+    /// audited as a request that matched no route.
+    fn framing_answer(&self, info: &ConnInfo, v: &Violation) -> Vec<u8> {
+        let id = self.ids.next();
+        let id_str = id.to_str().unwrap_or_default();
+        let message = v.problem.message();
+        let status = StatusCode::BAD_REQUEST;
+        let body = serde_json::json!({
+            "error": "bad_request",
+            "message": message,
+            "status": status.as_u16(),
+            "request_id": id_str,
+        })
+        .to_string();
+        let audit = self.audit.enabled().then(|| {
+            let method = v.method.as_deref().unwrap_or("-");
+            Box::new(Record {
+                time: SystemTime::now(),
+                id: id_str.to_string(),
+                client: info.client.ip(),
+                method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+                host: None,
+                path: v.target.clone().unwrap_or_default(),
+                route: None,
+                upstream: None,
+                target: None,
+                error: Some(message),
+                subject: None,
+                decision: Some("deny"),
+                rule: Some(format!("framing:{}", v.problem.name())),
+                bytes_in: Arc::new(AtomicU64::new(0)),
+            })
+        });
+        // Dropped at the end: the request metrics and the audit line.
+        let _done = Done {
+            started: Instant::now(),
+            metrics: self.unrouted.clone(),
+            audit,
+            sink: self.audit.clone(),
+            status: status.as_u16(),
+            bytes_out: body.len() as u64,
+            in_flight: None,
+        };
+        let mut headers = HeaderMap::new();
+        self.headers.apply(&mut headers, info.tls);
+        let mut out = Vec::with_capacity(512 + body.len());
+        out.extend_from_slice(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n",
+        );
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        for (name, value) in headers.iter().chain([(&REQUEST_ID, &id)]) {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
 }
 
 /// A stream that counts its reads and writes.
