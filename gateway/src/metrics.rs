@@ -38,6 +38,10 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     /// Inspection findings, by route, rule class and mode (`block` or `log`).
     pub findings: IntCounterVec,
+    /// Credentials checked, by provider and result (`ok`, `cached` or the refusal's reason).
+    pub auth: IntCounterVec,
+    /// JWK set fetches and introspection calls, by provider, kind and result (`ok`, `error`).
+    pub auth_fetches: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -133,6 +137,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "gateway_inspection_findings_total",
             "Payload inspection findings, by route, rule class and mode.",
             &["route", "class", "mode"],
+        ),
+        auth: counter_vec(
+            "gateway_auth_total",
+            "Credentials checked, by provider and result (ok, cached or the reason of a refusal).",
+            &["provider", "result"],
+        ),
+        auth_fetches: counter_vec(
+            "gateway_auth_fetches_total",
+            "JWK set fetches and token introspection calls, by provider, kind and result.",
+            &["provider", "kind", "result"],
         ),
         registry,
     }
