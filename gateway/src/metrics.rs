@@ -40,6 +40,10 @@ pub struct Metrics {
     pub findings: IntCounterVec,
     /// HTTP/1 requests refused for their framing (request smuggling defences), by problem.
     pub framing_refused: IntCounterVec,
+    /// Credentials checked, by provider and result (`ok`, `cached` or the refusal's reason).
+    pub auth: IntCounterVec,
+    /// JWK set fetches and introspection calls, by provider, kind and result (`ok`, `error`).
+    pub auth_fetches: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -140,6 +144,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "gateway_framing_refused_total",
             "HTTP/1 requests refused for their framing (smuggling defences), by problem.",
             &["problem"],
+        ),
+        auth: counter_vec(
+            "gateway_auth_total",
+            "Credentials checked, by provider and result (ok, cached or the reason of a refusal).",
+            &["provider", "result"],
+        ),
+        auth_fetches: counter_vec(
+            "gateway_auth_fetches_total",
+            "JWK set fetches and token introspection calls, by provider, kind and result.",
+            &["provider", "kind", "result"],
         ),
         registry,
     }
