@@ -176,8 +176,12 @@ pub fn run(opts: Options) -> Result<()> {
     let gateway_config = dir.path().join("gateway.toml");
     write(
         &gateway_config,
-        &(gateway_config_text(&dir, gateway_addr, upstream_addr)
-            + &secured::gateway_routes(&tokens, dir.path())?),
+        &gateway_config_text(
+            &dir,
+            gateway_addr,
+            upstream_addr,
+            &secured::gateway_routes(&tokens, dir.path())?,
+        ),
     )?;
     let gateway = Proc::spawn(
         "the gateway",
@@ -216,7 +220,10 @@ pub fn run(opts: Options) -> Result<()> {
     )?;
     let haproxy = Proc::spawn(
         "haproxy",
-        Command::new("haproxy").arg("-db").arg("-f").arg(&haproxy_config),
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_config),
         dir.path().join("haproxy.log"),
     )?;
     haproxy.wait_listening(haproxy_addr)?;
@@ -623,11 +630,7 @@ impl<'a> Results<'a> {
         let per_cpu = |case: Case| get(case).requests_per_proxy_cpu_s;
         let ratio = |a: Case, b: Case| per_cpu(a).zip(per_cpu(b)).map(|(a, b)| a / b);
         let versus = |a: Case, b: Case| {
-            format!(
-                "{} vs {}",
-                optional(per_cpu(a), 0),
-                optional(per_cpu(b), 0)
-            )
+            format!("{} vs {}", optional(per_cpu(a), 0), optional(per_cpu(b), 0))
         };
         let at_least = |name: &'static str, a: Case, b: Case, min: f64| {
             let value = ratio(a, b);
@@ -1348,9 +1351,14 @@ fn free_addr() -> Result<SocketAddr> {
         .context("finding a free port on 127.0.0.1")
 }
 
-/// The gateway with one route to the upstream, XDP off, and no audit log (nginx has no access
-/// log either).
-fn gateway_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// The gateway with `secured` (providers and routes) and then one route for every other path
+/// to the upstream, XDP off, and no audit log (nginx has no access log either).
+fn gateway_config_text(
+    dir: &TempDir,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    secured: &str,
+) -> String {
     format!(
         "# Written by `cargo xtask bench proxy`.\n\
          [xdp]\n\
@@ -1375,6 +1383,7 @@ fn gateway_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) 
          [upstreams.bench]\n\
          targets = [\"{upstream}\"]\n\
          \n\
+         {secured}\
          [[routes]]\n\
          upstream = \"bench\"\n",
         state = toml_string(&dir.path().join("state").to_string_lossy()),

@@ -124,14 +124,18 @@ impl Tokens {
         let rs_private = dir.join("rs256.key");
         let rs_public = dir.join("rs256.pub");
         let hs_secret = dir.join("hs256.secret");
-        output(Command::new("openssl").args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ]).arg(&rs_private))?;
+        output(
+            Command::new("openssl")
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
+                .arg(&rs_private),
+        )?;
         output(
             Command::new("openssl")
                 .args(["pkey", "-pubout", "-in"])
@@ -185,7 +189,11 @@ impl Tokens {
 
 /// `header.claims.signature` with `openssl dgst -sha256 ARGS -binary`.
 fn sign(header: &str, claims: &str, args: &[&str]) -> Result<String> {
-    let input = format!("{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(claims.as_bytes())
+    );
     let file = std::env::temp_dir().join(format!("gateway-bench-jwt-{}", std::process::id()));
     std::fs::write(&file, &input)?;
     let out = Command::new("openssl")
@@ -204,8 +212,7 @@ fn sign(header: &str, claims: &str, args: &[&str]) -> Result<String> {
 }
 
 fn b64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let n = chunk
@@ -219,8 +226,9 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-/// The gateway's routes beyond the plain GET one: `/plain` (a POST, no security), and the
-/// secured `/hs`, `/rs` and `/rs-uncached`.
+/// The gateway's providers and routes beyond the plain GET one (they go before it, which
+/// matches every path): `/plain` (a POST, no security), and the secured `/hs`, `/rs` and
+/// `/rs-uncached`.
 pub fn gateway_routes(tokens: &Tokens, dir: &Path) -> Result<String> {
     let schema = dir.join("order.schema.json");
     std::fs::write(
@@ -262,7 +270,7 @@ pub fn gateway_routes(tokens: &Tokens, dir: &Path) -> Result<String> {
         toml_string(&tokens.hs_secret.to_string_lossy())
     );
     let rs_key = format!(
-        "key_file = {}",
+        "public_key_file = {}",
         toml_string(&tokens.rs_public.to_string_lossy())
     );
     Ok([
@@ -302,18 +310,19 @@ pub fn haproxy_config_text(
          \x20   bind {listen}\n\
          \x20   acl hs path /hs\n\
          \x20   acl rs path /rs\n\
-         \x20   http-request set-var(txn.bearer) http_auth_bearer if hs || rs\n\
-         \x20   http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg') if hs || rs\n\
+         \x20   acl secured path /hs /rs\n\
+         \x20   http-request set-var(txn.bearer) http_auth_bearer if secured\n\
+         \x20   http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg') if secured\n\
          \x20   http-request deny deny_status 401 if hs !{{ var(txn.alg) -m str HS256 }}\n\
          \x20   http-request deny deny_status 401 if rs !{{ var(txn.alg) -m str RS256 }}\n\
          \x20   http-request deny deny_status 401 if hs !{{ var(txn.bearer),jwt_verify(txn.alg,\"{secret}\") -m int 1 }}\n\
          \x20   http-request deny deny_status 401 if rs !{{ var(txn.bearer),jwt_verify(txn.alg,\"{public}\") -m int 1 }}\n\
-         \x20   http-request set-var(txn.now) date() if hs || rs\n\
-         \x20   http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int') if hs || rs\n\
-         \x20   http-request deny deny_status 401 if hs || rs {{ var(txn.exp),sub(txn.now) -m int lt 0 }}\n\
-         \x20   http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('$.sub') if hs || rs\n\
-         \x20   http-request track-sc0 var(txn.sub) table per_user if hs || rs\n\
-         \x20   http-request deny deny_status 429 if hs || rs {{ sc_http_req_rate(0) gt {LIMIT_PER_MINUTE} }}\n\
+         \x20   http-request set-var(txn.now) date() if secured\n\
+         \x20   http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int') if secured\n\
+         \x20   http-request deny deny_status 401 if secured {{ var(txn.exp),sub(txn.now) -m int lt 0 }}\n\
+         \x20   http-request set-var(txn.sub) var(txn.bearer),jwt_payload_query('$.sub') if secured\n\
+         \x20   http-request track-sc0 var(txn.sub) table per_user if secured\n\
+         \x20   http-request deny deny_status 429 if secured {{ sc_http_req_rate(0) gt {LIMIT_PER_MINUTE} }}\n\
          \x20   default_backend bench\n\
          \n\
          backend per_user\n\
