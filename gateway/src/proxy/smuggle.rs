@@ -465,6 +465,12 @@ pub struct Guard<S, T> {
     start: usize,
     approved: usize,
     tripped: Option<Tripped>,
+    /// hyper's header read timeout, kept for a head held here: while the first head is
+    /// held, hyper has not started its own timer (it is still looking for the HTTP/2 preface).
+    header_timeout: Duration,
+    /// Runs while a partial head is held.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    head_timer_armed: bool,
 }
 
 struct Tripped {
@@ -481,8 +487,17 @@ struct Tripped {
 
 impl<S, T> Guard<S, T> {
     /// A guard checking HTTP/1 framing; `max_head` and `max_headers` as hyper's limits.
-    pub fn new(inner: S, max_head: usize, max_headers: usize, trip: T) -> Guard<S, T> {
+    pub fn new(
+        inner: S,
+        max_head: usize,
+        max_headers: usize,
+        header_timeout: Duration,
+        trip: T,
+    ) -> Guard<S, T> {
         Guard {
+            header_timeout,
+            head_timer: None,
+            head_timer_armed: false,
             inner,
             scanner: Scanner::new(max_head, max_headers),
             trip,
@@ -495,13 +510,28 @@ impl<S, T> Guard<S, T> {
 
     /// A guard that checks nothing (HTTP/2 negotiated by ALPN).
     pub fn passthrough(inner: S, trip: T) -> Guard<S, T> {
-        let mut g = Guard::new(inner, 0, 0, trip);
+        let mut g = Guard::new(inner, 0, 0, Duration::MAX, trip);
         g.scanner.state = State::Pass;
         g
     }
 }
 
 impl<S, T: Trip> Guard<S, T> {
+    /// Whether the head held now has been waited for longer than the header read timeout.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.header_timeout;
+        if !self.head_timer_armed {
+            self.head_timer_armed = true;
+            match self.head_timer.as_mut() {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.head_timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
     fn trip_on(&mut self, v: Violation) {
         let answer = self.trip.tripped(&v);
         self.tripped = Some(Tripped {
@@ -555,7 +585,15 @@ impl<S: AsyncRead + Unpin, T: Trip + Unpin> AsyncRead for Guard<S, T> {
                 }
                 let len = this.stash.len();
                 let mut rb = ReadBuf::uninit(this.stash.spare_capacity_mut());
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                if Pin::new(&mut this.inner)
+                    .poll_read(cx, &mut rb)?
+                    .is_pending()
+                {
+                    if held > 0 && this.head_timed_out(cx) {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    return Poll::Pending;
+                }
                 let n = rb.filled().len();
                 if n == 0 {
                     // End of file; a partial head is dropped.
@@ -566,7 +604,12 @@ impl<S: AsyncRead + Unpin, T: Trip + Unpin> AsyncRead for Guard<S, T> {
                 // SAFETY: the read initialized these `n` bytes of spare capacity.
                 unsafe { this.stash.set_len(len + n) };
                 match this.scanner.scan(&this.stash[this.approved..]) {
-                    Scan::Pass(k) => this.approved += k,
+                    Scan::Pass(k) => {
+                        this.approved += k;
+                        if this.approved == this.stash.len() {
+                            this.head_timer_armed = false;
+                        }
+                    }
                     Scan::Bad(k, v) => {
                         this.approved += k;
                         this.stash.truncate(this.approved);
@@ -966,7 +1009,7 @@ mod tests {
             ..Mock::default()
         };
         let log = Shared::default();
-        let mut g = Guard::new(mock, MAX, 100, log.clone());
+        let mut g = Guard::new(mock, MAX, 100, Duration::from_secs(10), log.clone());
         let mut got = Vec::new();
         let mut size = 24;
         let eof = loop {
