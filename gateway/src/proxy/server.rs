@@ -400,6 +400,7 @@ async fn serve<S>(
             io,
             l.max_header_bytes as usize,
             l.max_headers as usize,
+            l.header_read_timeout,
             refuse,
         )
     } else {

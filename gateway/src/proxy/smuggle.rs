@@ -465,6 +465,12 @@ pub struct Guard<S, T> {
     start: usize,
     approved: usize,
     tripped: Option<Tripped>,
+    /// hyper's header read timeout, kept for a head held here: while the first head is
+    /// held, hyper has not started its own timer (it is still looking for the HTTP/2 preface).
+    header_timeout: Duration,
+    /// Runs while a partial head is held.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    head_timer_armed: bool,
 }
 
 struct Tripped {
@@ -481,8 +487,17 @@ struct Tripped {
 
 impl<S, T> Guard<S, T> {
     /// A guard checking HTTP/1 framing; `max_head` and `max_headers` as hyper's limits.
-    pub fn new(inner: S, max_head: usize, max_headers: usize, trip: T) -> Guard<S, T> {
+    pub fn new(
+        inner: S,
+        max_head: usize,
+        max_headers: usize,
+        header_timeout: Duration,
+        trip: T,
+    ) -> Guard<S, T> {
         Guard {
+            header_timeout,
+            head_timer: None,
+            head_timer_armed: false,
             inner,
             scanner: Scanner::new(max_head, max_headers),
             trip,
@@ -495,13 +510,28 @@ impl<S, T> Guard<S, T> {
 
     /// A guard that checks nothing (HTTP/2 negotiated by ALPN).
     pub fn passthrough(inner: S, trip: T) -> Guard<S, T> {
-        let mut g = Guard::new(inner, 0, 0, trip);
+        let mut g = Guard::new(inner, 0, 0, Duration::MAX, trip);
         g.scanner.state = State::Pass;
         g
     }
 }
 
 impl<S, T: Trip> Guard<S, T> {
+    /// Whether the head held now has been waited for longer than the header read timeout.
+    fn head_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.header_timeout;
+        if !self.head_timer_armed {
+            self.head_timer_armed = true;
+            match self.head_timer.as_mut() {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.head_timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
     fn trip_on(&mut self, v: Violation) {
         let answer = self.trip.tripped(&v);
         self.tripped = Some(Tripped {
@@ -555,7 +585,15 @@ impl<S: AsyncRead + Unpin, T: Trip + Unpin> AsyncRead for Guard<S, T> {
                 }
                 let len = this.stash.len();
                 let mut rb = ReadBuf::uninit(this.stash.spare_capacity_mut());
-                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                if Pin::new(&mut this.inner)
+                    .poll_read(cx, &mut rb)?
+                    .is_pending()
+                {
+                    if held > 0 && this.head_timed_out(cx) {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    return Poll::Pending;
+                }
                 let n = rb.filled().len();
                 if n == 0 {
                     // End of file; a partial head is dropped.
@@ -566,7 +604,12 @@ impl<S: AsyncRead + Unpin, T: Trip + Unpin> AsyncRead for Guard<S, T> {
                 // SAFETY: the read initialized these `n` bytes of spare capacity.
                 unsafe { this.stash.set_len(len + n) };
                 match this.scanner.scan(&this.stash[this.approved..]) {
-                    Scan::Pass(k) => this.approved += k,
+                    Scan::Pass(k) => {
+                        this.approved += k;
+                        if this.approved == this.stash.len() {
+                            this.head_timer_armed = false;
+                        }
+                    }
                     Scan::Bad(k, v) => {
                         this.approved += k;
                         this.stash.truncate(this.approved);
@@ -888,6 +931,144 @@ mod tests {
         ]
         .concat();
         ok(&chunked);
+    }
+
+    /// A stream that gives its chunks one read at a time (cut to the reader's buffer), then
+    /// end of file; it keeps what is written.
+    #[derive(Default)]
+    struct Mock {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+        shut: bool,
+    }
+
+    impl AsyncRead for Mock {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(c) = self.chunks.pop_front() {
+                let n = c.len().min(buf.remaining());
+                buf.put_slice(&c[..n]);
+                if n < c.len() {
+                    self.chunks.push_front(c[n..].to_vec());
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Mock {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Log {
+        tripped: Vec<Problem>,
+        drained: u32,
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Log>>);
+
+    impl Trip for Shared {
+        fn tripped(&mut self, v: &Violation) -> Option<Vec<u8>> {
+            self.0.lock().unwrap().tripped.push(v.problem);
+            (!v.in_body).then(|| b"ANSWER".to_vec())
+        }
+
+        fn drained(&mut self) {
+            self.0.lock().unwrap().drained += 1;
+        }
+    }
+
+    /// Reads through a guard as hyper does (a small first buffer, then large ones) until end
+    /// of file or a read that waits; returns what hyper got, whether it got end of file, what
+    /// the guard wrote at shutdown, and the trips.
+    async fn through_guard(chunks: &[&[u8]]) -> (Vec<u8>, bool, Vec<u8>, Log) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mock = Mock {
+            chunks: chunks.iter().map(|c| c.to_vec()).collect(),
+            ..Mock::default()
+        };
+        let log = Shared::default();
+        let mut g = Guard::new(mock, MAX, 100, Duration::from_secs(10), log.clone());
+        let mut got = Vec::new();
+        let mut size = 24;
+        let eof = loop {
+            let mut buf = vec![0u8; size];
+            size = 8192;
+            match tokio::time::timeout(Duration::from_millis(20), g.read(&mut buf)).await {
+                Ok(Ok(0)) => break true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => break false,
+            }
+        };
+        g.shutdown().await.unwrap();
+        assert!(g.inner.shut);
+        let written = std::mem::take(&mut g.inner.written);
+        let log = std::mem::take(&mut *log.0.lock().unwrap());
+        (got, eof, written, log)
+    }
+
+    #[tokio::test]
+    async fn the_guard_passes_good_bytes_and_answers_after_them() {
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let stream = [GET, GET, &bad[..]].concat();
+        for cut in [1, 10, 30, 54, 60, stream.len()] {
+            let (a, b) = stream.split_at(cut);
+            let (got, eof, written, log) = through_guard(&[a, b]).await;
+            assert_eq!(got, [GET, GET].concat(), "cut at {cut}");
+            // Requests passed: the owner is asked to finish them; hyper is not given EOF.
+            assert!(!eof);
+            assert_eq!((log.tripped, log.drained), (vec![Problem::TeAndCl], 1));
+            assert_eq!(written, b"ANSWER");
+        }
+        // A bad first request: end of file at once, the answer at shutdown.
+        let (got, eof, written, log) = through_guard(&[bad]).await;
+        assert!(got.is_empty() && eof);
+        assert_eq!((log.tripped, log.drained), (vec![Problem::TeAndCl], 0));
+        assert_eq!(written, b"ANSWER");
+        // A bad chunk: the body is cut there, nothing is written by the guard.
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n";
+        let (got, eof, written, log) = through_guard(&[&chunked[..50], &chunked[50..]]).await;
+        assert_eq!(got, &chunked[..chunked.len() - 4]);
+        assert!(eof && written.is_empty());
+        assert_eq!(
+            log.tripped,
+            vec![Problem::BadChunk("the chunk size is not hex digits")]
+        );
+        // All good, in pieces: everything passes, then end of file.
+        let one_by_one: Vec<&[u8]> = stream[..GET.len() * 2].chunks(1).collect();
+        let (got, eof, written, log) = through_guard(&one_by_one).await;
+        assert_eq!(got, [GET, GET].concat());
+        assert!(eof && written.is_empty() && log.tripped.is_empty());
+        // HTTP/2: passed as it is.
+        let h2 = [
+            H2_PREFACE,
+            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00GET / HTTP/1.1\n\n",
+        ]
+        .concat();
+        let (got, ..) = through_guard(&[&h2[..5], &h2[5..]]).await;
+        assert_eq!(got, h2);
     }
 
     proptest::proptest! {

@@ -525,6 +525,7 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     format!("{} ({})", echo(path), e.kind().keyword())
 }
 
+#[allow(clippy::result_large_err)]
 impl Query {
     fn check(&self, query: &str) -> Result<(), Rejection> {
         // Few parameters per route: counts on the stack for the usual case.
