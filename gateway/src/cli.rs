@@ -62,6 +62,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the SHA-256 of an API key, the `sha256` of an `[[auth.providers.NAME.keys]]`
+    /// entry. The key is read from standard input (one line), so it stays out of the shell's
+    /// history and the process list.
+    HashKey {
+        /// Make a new random key (256 bits, base64url) and print it above its hash.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +188,35 @@ fn run(cli: Cli) -> Result<(), String> {
             print_data(&data, json, format_stats);
             Ok(())
         }
+        Command::HashKey { generate } => hash_key(generate),
     }
+}
+
+fn hash_key(generate: bool) -> Result<(), String> {
+    use std::io::{BufRead as _, Read as _};
+    let key = if generate {
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        println!("key:    {key}");
+        key
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the key from standard input: {e}"))?;
+        let key = line.trim_end_matches(['\n', '\r']).to_string();
+        if key.is_empty() {
+            return Err("no key on standard input".into());
+        }
+        key
+    };
+    println!("sha256: {}", crate::proxy::auth::hash_key(&key));
+    Ok(())
 }
 
 /// Calls the daemon; a refusal becomes the error.

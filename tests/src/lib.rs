@@ -4,4 +4,5 @@
 
 pub mod frames;
 pub mod harness;
+pub mod idp;
 pub mod web;
