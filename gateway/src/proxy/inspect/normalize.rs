@@ -4,7 +4,7 @@
 //!  raw bytes
 //!    -> decode, in rounds until nothing changes (at most MAX_ROUNDS):
 //!         %XX  %uXXXX  \uXXXX  \xXX  &entities;  overlong UTF-8  fullwidth forms
-//!         + as space (query and form)   \" \\ \/ \n ... (JSON bodies)
+//!         + as space (query, form, headers)   \" \\ \/ \n ... (JSON bodies)
 //!    -> fold, once: NUL noted then dropped, \ to /, ASCII lower case,
 //!         whitespace runs to one space (one newline when the run had one)
 //!  normalised bytes: what every rule matches
@@ -32,7 +32,8 @@ pub enum Kind {
     Path,
     /// A query or form name or value: `+` is a space.
     Form,
-    /// A header value, or one cookie's name or value.
+    /// A header value, or one cookie's name or value: `+` is a space too, as in the URLs
+    /// (Referer) and form-encoded values (cookies) that headers carry.
     Header,
     /// A JSON body: JSON string escapes too.
     Json,
@@ -255,7 +256,12 @@ fn overlong(s: &[u8]) -> Option<(u32, usize)> {
             .map(|&b| u32::from(b & 0x3f))
     };
     match s[0] {
-        0xc0 | 0xc1 => Some((u32::from(s[0] & 0x1f) << 6 | cont(1)?, 2)),
+        0xc0 | 0xc1 => match (s[0], s.get(1)) {
+            // What IIS made of invalid continuation bytes: %c0%2f, %c0%2e and %c1%1c.
+            (0xc0, Some(&b @ (0x2e | 0x2f))) => Some((u32::from(b), 2)),
+            (0xc1, Some(0x1c)) => Some((u32::from(b'\\'), 2)),
+            _ => Some((u32::from(s[0] & 0x1f) << 6 | cont(1)?, 2)),
+        },
         0xe0 if s.get(1).is_some_and(|&b| b < 0xa0) => Some((cont(1)? << 6 | cont(2)?, 3)),
         0xf0 if s.get(1).is_some_and(|&b| b < 0x90) => {
             Some((cont(1)? << 12 | cont(2)? << 6 | cont(3)?, 4))
@@ -277,7 +283,7 @@ fn overlong(s: &[u8]) -> Option<(u32, usize)> {
 
 /// One decoding round; `None` when nothing changed (and nothing was allocated).
 fn decode(input: &[u8], kind: Kind) -> Option<Vec<u8>> {
-    let form = kind == Kind::Form;
+    let form = matches!(kind, Kind::Form | Kind::Header);
     let json = kind == Kind::Json;
     let mask = if form {
         TRIGGER | TRIGGER_FORM
@@ -518,6 +524,8 @@ mod tests {
             ("..\\..\\", Kind::Header, "../../"),
             ("a+b%2Bc", Kind::Form, "a b c"),
             ("a+b", Kind::Path, "a+b"),
+            ("a+b", Kind::Header, "a b"),
+            ("%c0%2f%c1%1c%c1%9c", Kind::Path, "///"),
             ("&lt;ScRiPt&GT;", Kind::Text, "<script>"),
             ("&#60;&#x3C;&#0000060&#x003c", Kind::Text, "<<<<"),
             ("jav&#x09;ascript&colon;", Kind::Text, "jav ascript:"),

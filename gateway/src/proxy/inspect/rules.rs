@@ -85,9 +85,10 @@ pub const RULES: &[Rule] = &[
         what: "tautology: a quote or a number, then OR/AND and a comparison or a boolean \
                (' or 1=1--, ' OR 'a'='a, \" or \"\"=\", 1 or 1=1, ') or true--)",
         pattern: Some(concat!(
-            r#"['"`]\s*\)*\s*(?:or|and|xor|\|\||&&)\s*\(*\s*['"`]?[\w.@$-]*['"`]?\s*(?:=|!=|<>|<=>|<=|>=|<|>)"#,
+            r#"['"`]\s*\)*\s*(?:or|and|xor|\|\||&&)\s*\(*\s*['"`]?[\w.@$-]*['"`]?\s*(?:=|!=|<>|<=>|<=|>=|<|>|is\s+(?:not\s+)?null\b|like\s+['"])"#,
             r#"|['"`]\s*\)*\s*(?:or|and|xor|\|\|)\s+(?:not\s+)?(?:true|false|null|\d+)\s*(?:--|#|/\*|;|\)|$)"#,
             r#"|(?:^|[='"(:,])\s*-?\d+['"`)]*\s+(?:or|and|xor|\|\||&&)\s+\(*\s*(?:-?\d+|'[^']*'|"[^"]*")\s*(?:=|!=|<>|<=>|<=|>=|<|>)\s*\(*\s*(?:-?\d|'|")"#,
+            r#"|\b(?:or|and|xor)\s+\(*\s*-?\d+\s*(?:=|!=|<>|<=|>=|<|>)\s*-?\d+\s*\)*\s*(?:--|#|/\*|;|$)"#,
         )),
         applies: IN_ALL,
     },
@@ -177,6 +178,7 @@ pub const RULES: &[Rule] = &[
             r#"|\bdrop\s+(?:table|database|schema)\s+(?:if\s+exists\s+)?[\w`"\[.]+\s*(?:;|--|#|$)"#,
             r#"|\bupdate\s+[\w.`"\[\]]+\s+set\s+[\w.`"\[\]]+\s*="#,
             r#"|\bexec(?:ute)?\s+(?:xp_|sp_|master\.\.)"#,
+            r#"|\bhaving\s+\d+\s*(?:=|<|>)\s*\d+|\border\s+by\s+\d+\s*(?:--|#|/\*)"#,
         )),
         applies: IN_ALL,
     },
@@ -184,7 +186,7 @@ pub const RULES: &[Rule] = &[
         id: "xss-001",
         class: XSS,
         what: "a script element (<script, </script, also encoded, entity-encoded, fullwidth)",
-        pattern: Some(r"<\s*/?\s*script\b"),
+        pattern: Some(r"<[\s/]*script\b"),
         applies: IN_ALL,
     },
     Rule {
@@ -266,12 +268,13 @@ pub const RULES: &[Rule] = &[
         id: "trav-002",
         class: TRAVERSAL,
         what: "a well-known sensitive file (/etc/passwd, /etc/shadow, /proc/self/environ, \
-               c:\\windows\\win.ini, boot.ini, .ssh/id_rsa, .htpasswd, /.env, /.git/config)",
+               c:\\windows\\win.ini, boot.ini, WEB-INF/, .ssh/id_rsa, .htpasswd, /.env, \
+               /.git/config)",
         pattern: Some(concat!(
             r#"/etc/(?:passwd|shadow|group|gshadow|hosts|hostname|issue|motd|sudoers|crontab|fstab|os-release|resolv\.conf|ssh/|security/|mysql/|apache2/|nginx/|httpd/)"#,
             r#"|/proc/(?:self|\d+)/(?:environ|cmdline|maps|fd|status|exe|cwd|root|mem)"#,
             r#"|(?:^|[/\s"'=:])(?:[a-z]:)?/?(?:windows|winnt)/(?:win\.ini|system\.ini|system32/)"#,
-            r#"|\b(?:boot|win)\.ini\b"#,
+            r#"|\b(?:boot|win)\.ini\b|\b(?:web|meta)-inf/"#,
             r#"|/\.(?:ssh/(?:id_[a-z0-9]+|authorized_keys|known_hosts)|aws/credentials|docker/config\.json|kube/config|bash_history|git/(?:config|head)\b|htpasswd|htaccess|env\b)"#,
         )),
         applies: IN_ALL,
@@ -332,7 +335,7 @@ pub const RULES: &[Rule] = &[
         id: "cmdi-004",
         class: CMDI,
         what: "shell tricks and reverse shells (${IFS}, /dev/tcp/, () { :; }; (Shellshock), nc -e, bash -i, sh -c, \
-               /bin/sh, powershell -enc, cmd /c, curl .. | sh)",
+               /bin/sh, powershell -enc, cmd /c, curl .. | sh, {cat,/etc/passwd}, /???/??t)",
         pattern: Some(concat!(
             r#"\$\{?ifs\b|/dev/(?:tcp|udp)/|\(\s*\)\s*\{\s*:?\s*;?\s*\}\s*;"#,
             r#"|\bn(?:c|cat|etcat)\s+(?:-[a-z]*[ec]\b|[^;|&\n]*\s-[a-z]*e\s)"#,
@@ -341,6 +344,10 @@ pub const RULES: &[Rule] = &[
             r#"|\bpowershell(?:\.exe)?\s+[-/](?:e|enc|encodedcommand|nop|noprofile|w|windowstyle|c|command|exec|executionpolicy)\b"#,
             r#"|\bcmd(?:\.exe)?\s+/[ck]\s"#,
             r#"|\b(?:curl|wget)\s[^|;&\n]*\|\s*(?:ba|z|da)?sh\b"#,
+            r#"|\{\s*(?:"#,
+            commands_rare!(),
+            r#"|cat|ls|nc|bash|sh|ping|sleep|echo|rm|python[23]?|perl)\s*,\s*[-/.$~]"#,
+            r#"|(?:/[a-z]*\?+[a-z?]*){2}"#,
         )),
         applies: IN_ALL,
     },

@@ -393,6 +393,10 @@ fn benign_look_alikes_pass() {
         "schema.org/Product",
         "file.name.with.many.dots.txt",
         "~/.bashrc",
+        "src/**/*.js",
+        "/api/*/users/*",
+        "query { user { id, name } }",
+        "https://example.com/a/b?c=d/e",
         "café crème brûlée",
         "日本語のテキスト（テスト）です！",
         "Ünïcödé ✓ 🎉",
@@ -696,4 +700,115 @@ fn inspect_profile() {
         );
     }
     clean_heads_are_cheap();
+}
+
+/// Payloads from public lists, as query values: each must be found, in its class.
+#[test]
+fn payload_lists_are_caught() {
+    let r = route();
+    let rows: &[(&str, &[&str])] = &[
+        (
+            "sqli",
+            &[
+                "1' AND 1=1--",
+                "' OR 1=1 LIMIT 1 -- -",
+                "admin' or '1'='1'/*",
+                "' or ''='",
+                "1' waitfor delay '0:0:10'--",
+                "' UNION SELECT NULL--",
+                "' AND 1=CONVERT(int,@@version)--",
+                "or 1=1",
+                "1)) or ((1=1",
+                "admin\")--",
+                "x' AND email IS NULL; --",
+                "' and password like 'a%",
+                "' group by password having 1=1--",
+                "1 ORDER BY 1--",
+                "%bf%27 or 1=1--",
+                "1%27%20%4f%52%20%31%3d%31",
+                "1 AnD SlEeP(5)",
+                "';shutdown --",
+                "1 AND (SELECT * FROM users) = 1",
+                "'; exec master..xp_cmdshell 'ping 10.0.0.1'--",
+            ],
+        ),
+        (
+            "xss",
+            &[
+                "<img src=x onerror=alert(document.domain)>",
+                "<a href=\"javascript:alert(1)\">x</a>",
+                "<input onfocus=alert(1) autofocus>",
+                "<marquee onstart=alert(1)>",
+                "<video><source onerror=\"alert(1)\">",
+                "<body background=\"javascript:alert(1)\">",
+                "<div style=\"background:url(javascript:alert(1))\">",
+                "<IMG SRC=JaVaScRiPt:alert('XSS')>",
+                "<<SCRIPT>alert(\"XSS\");//<</SCRIPT>",
+                "<iframe srcdoc=\"&lt;script&gt;alert(1)&lt;/script&gt;\">",
+                "<a href=\"java&#13;script:alert(1)\">",
+                "<svg onload=alert&lpar;1&rpar;>",
+                "<img src=`x`onerror=alert(1)>",
+                "<svg%0Conload=alert(1)>",
+                "<svg/%00/onload=alert(1)>",
+                "<form action=javascript:alert(1)><input type=submit>",
+                "'';!--\"<XSS>=&{()}",
+                "\\\"-alert(1)}//",
+                "{{constructor.constructor('alert(1)')()}}",
+                "<style>@import'javascript:alert(1)';</style>",
+                "<x onclick=alert(1)>click",
+                "%3Csvg%20onload%3Dalert(1)%3E",
+                "<\\/script>",
+            ],
+        ),
+        (
+            "traversal",
+            &[
+                "....//....//....//etc/passwd",
+                "..%252f..%252f..%252fetc%252fpasswd",
+                "..%c0%af..%c0%afetc%c0%afpasswd",
+                "..%c0%2f..%c0%2fx",
+                "..%c1%1c..%c1%1cx",
+                "..%c1%9c..%c1%9cx",
+                "%uff0e%uff0e%u2215x",
+                "..%u2216..%u2216x",
+                "/%5C../%5C../x",
+                "..\\/..\\/x",
+                ".%2e/x",
+                "%2e./x",
+                "..%00/x",
+                "..%25c0%25afx",
+                "/WEB-INF/web.xml",
+                "<!DOCTYPE r [<!ENTITY x SYSTEM \"file:///srv/x\">]>",
+            ],
+        ),
+        (
+            "cmdi",
+            &[
+                ";ls",
+                "| id",
+                "& whoami",
+                "%0Aid",
+                "|| ping -c 10 127.0.0.1",
+                "& nslookup e.x &",
+                ";echo $((1+1))",
+                "a;sleep${IFS}5",
+                "127.0.0.1%0a%0dwhoami",
+                ";cat</app/conf",
+                "{cat,/app/conf}",
+                "/???/??t /???/p??s??",
+                "ping -c 1 127.0.0.1; id",
+            ],
+        ),
+    ];
+    let mut misses = Vec::new();
+    for (class, payloads) in rows {
+        for p in *payloads {
+            let found =
+                r.form(format!("q={}", p.replace('&', "%26").replace('+', "%2B")).as_bytes());
+            if found.map(|r| r.class) != Some(class) {
+                misses.push(format!("{class}: {p:?} gave {:?}", found.map(|r| r.id)));
+            }
+        }
+    }
+    assert!(misses.is_empty(), "\n{}", misses.join("\n"));
 }
