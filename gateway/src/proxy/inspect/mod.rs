@@ -1,0 +1,436 @@
+//! Payload inspection: decode and normalise once, then match every rule at once.
+//!
+//! ```text
+//!  request part (path, one query name or value, one header value, one cookie, a body)
+//!    -> normalize: decode in rounds, fold        (normalize.rs; borrowed when clean)
+//!    -> RegexSet::is_match over every rule       (rules.rs; one lazy-DFA pass)
+//!    -> on a hit only: which rules, the first one this route has not disabled
+//!    -> when SQL comments are present: the same on the comment-free view
+//!    -> a NUL byte seen while decoding: null-001
+//!  the first finding ends the inspection; proxy/mod.rs blocks (403) or logs it
+//! ```
+//!
+//! What is inspected:
+//! - the path, as the client sent it (before the proxy resolves dot segments);
+//! - the query, split on `&` and at the first `=`: each name and each value, with `+` as a
+//!   space; an encoded `%26` stays inside its value, as the upstream will see it;
+//! - header values, except those that carry credentials or opaque tokens, or are framing and
+//!   caching headers the proxy itself checks (see [`skipped`]); `Cookie` split into each
+//!   cookie's name and value. A finding names the header, never its value;
+//! - bodies by content type: `application/x-www-form-urlencoded` like the query,
+//!   JSON (`application/json`, `*+json`) with its string escapes, `text/*`, XML
+//!   (`application/xml`, `*+xml`), and bodies without a content type as text. Multipart and
+//!   binary bodies are not inspected. At most `max_body_bytes` of a body are inspected; a
+//!   longer body is a finding (`limit-001`) unless `body_over_limit = "inspect_prefix"`, which
+//!   inspects only its first `max_body_bytes`: padding could then hide an attack past them.
+
+mod normalize;
+mod rules;
+
+use std::sync::Arc;
+
+use hyper::{
+    header::{self, HeaderName},
+    http::request::Parts,
+};
+use regex::bytes::{RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+
+pub use self::normalize::{normalize, sql_view, Kind, Normalized, MAX_ROUNDS};
+pub use self::rules::{Rule, CLASSES, RULES};
+use self::rules::{IN_XML, NOT_XML};
+
+/// What happens when a rule matches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InspectMode {
+    #[default]
+    Off,
+    /// Record the finding in the audit log and let the request through.
+    Log,
+    /// Refuse the request with 403.
+    Block,
+}
+
+/// What happens to a body longer than `max_body_bytes`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OverLimit {
+    /// A finding, `limit-001`: refused in block mode, noted in log mode.
+    #[default]
+    Finding,
+    /// Inspect the first `max_body_bytes` only.
+    InspectPrefix,
+}
+
+/// The default of `max_body_bytes`: 1 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+
+/// `[inspect]` (the default for every route) and `[routes.inspect]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectConfig {
+    pub mode: InspectMode,
+    /// Rule ids (or classes) not to apply.
+    pub disable: Vec<String>,
+    /// The most body bytes inspected.
+    pub max_body_bytes: u64,
+    pub body_over_limit: OverLimit,
+    /// Headers not to inspect, besides those never inspected.
+    pub skip_headers: Vec<String>,
+}
+
+impl Default for InspectConfig {
+    fn default() -> Self {
+        InspectConfig {
+            mode: InspectMode::Off,
+            disable: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY,
+            body_over_limit: OverLimit::Finding,
+            skip_headers: Vec::new(),
+        }
+    }
+}
+
+impl InspectConfig {
+    pub fn validate(&self) -> Result<(), (Vec<String>, String)> {
+        for (i, d) in self.disable.iter().enumerate() {
+            if rules::index(d).is_none() && !CLASSES.contains(&d.as_str()) {
+                return Err((
+                    vec!["disable".into(), i.to_string()],
+                    format!(
+                        "`{d}` is no rule id (sqli-001...) or class ({})",
+                        CLASSES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return Err((vec!["max_body_bytes".into()], "must be above zero".into()));
+        }
+        for (i, h) in self.skip_headers.iter().enumerate() {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err((
+                    vec!["skip_headers".into(), i.to_string()],
+                    format!("`{h}` is not a header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules left on, as a mask over [`RULES`].
+    fn enabled(&self) -> Result<u64, String> {
+        let mut mask = u64::MAX >> (64 - RULES.len());
+        for d in &self.disable {
+            let off = RULES
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.id == d || r.class == d)
+                .fold(0, |m, (i, _)| m | 1 << i);
+            if off == 0 {
+                return Err(format!("inspect.disable: unknown rule or class `{d}`"));
+            }
+            mask &= !off;
+        }
+        Ok(mask)
+    }
+}
+
+/// A rule that matched.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// Stable id, e.g. `sqli-001`.
+    pub rule: &'static str,
+    /// `sqli`, `xss`, `traversal`, `cmdi`, `null-byte`, `limit`.
+    pub class: &'static str,
+    /// Where: `path`, `query`, `header:NAME`, `body`.
+    pub part: String,
+}
+
+impl Finding {
+    fn new(rule: &'static Rule, part: impl Into<String>) -> Finding {
+        Finding {
+            rule: rule.id,
+            class: rule.class,
+            part: part.into(),
+        }
+    }
+}
+
+/// The compiled rule set; one per config generation, shared by the routes.
+pub struct Inspector {
+    set: RegexSet,
+    /// For each pattern of `set`, its index in [`RULES`].
+    rule_of: Vec<usize>,
+}
+
+impl Inspector {
+    pub fn new() -> Inspector {
+        let (rule_of, patterns): (Vec<usize>, Vec<&str>) = RULES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.pattern?)))
+            .unzip();
+        let set = RegexSetBuilder::new(patterns)
+            .unicode(false)
+            .size_limit(64 << 20)
+            .dfa_size_limit(32 << 20)
+            .build()
+            .expect("the inspection rules compile (a unit test builds them)");
+        Inspector { set, rule_of }
+    }
+
+    /// The first rule of `enabled` that applies to `part` (a bit of `rules::IN_*`) and
+    /// matches `text`.
+    fn first_match(&self, text: &[u8], enabled: u64, part: u8) -> Option<&'static Rule> {
+        if !self.set.is_match(text) {
+            return None;
+        }
+        self.set
+            .matches(text)
+            .iter()
+            .map(|p| self.rule_of[p])
+            .find(|&i| enabled & 1 << i != 0 && RULES[i].applies & part != 0)
+            .map(|i| &RULES[i])
+    }
+}
+
+impl Default for Inspector {
+    fn default() -> Self {
+        Inspector::new()
+    }
+}
+
+/// How a body is inspected, by its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyKind {
+    Form,
+    Json,
+    Text,
+    Xml,
+}
+
+fn body_kind(parts: &Parts) -> Option<BodyKind> {
+    let Some(value) = parts.headers.get(header::CONTENT_TYPE) else {
+        // Many frameworks read a body without a type as text or form; so do we.
+        return Some(BodyKind::Text);
+    };
+    let value = value.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let is = |s: &str| essence.eq_ignore_ascii_case(s);
+    let ends = |s: &str| {
+        essence.len() > s.len()
+            && essence.as_bytes()[essence.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+    };
+    if is("application/x-www-form-urlencoded") {
+        Some(BodyKind::Form)
+    } else if is("application/json") || is("text/json") || ends("+json") {
+        Some(BodyKind::Json)
+    } else if is("application/xml") || is("text/xml") || ends("+xml") {
+        Some(BodyKind::Xml)
+    } else if essence.len() > 5 && essence[..5].eq_ignore_ascii_case("text/")
+        || is("application/graphql")
+    {
+        Some(BodyKind::Text)
+    } else {
+        None
+    }
+}
+
+/// Headers never inspected: credentials and opaque tokens (high entropy, and not to be
+/// decoded or matched), and framing, caching and tracing headers that the proxy or hyper
+/// check, or that carry ids.
+pub fn skipped(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "authorization"
+            | "proxy-authorization"
+            | "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "accept"
+            | "accept-encoding"
+            | "cache-control"
+            | "pragma"
+            | "if-match"
+            | "if-none-match"
+            | "if-modified-since"
+            | "if-unmodified-since"
+            | "if-range"
+            | "date"
+            | "priority"
+            | "dnt"
+            | "upgrade-insecure-requests"
+            | "x-request-id"
+            | "x-correlation-id"
+            | "traceparent"
+            | "tracestate"
+            | "b3"
+            | "x-amzn-trace-id"
+            | "x-cloud-trace-context"
+            | "content-md5"
+            | "digest"
+            | "content-digest"
+            | "want-digest"
+    ) || ["sec-fetch-", "sec-ch-", "sec-websocket-", "x-b3-"]
+        .iter()
+        .any(|p| n.starts_with(p))
+        || [
+            "token",
+            "secret",
+            "passw",
+            "signature",
+            "api-key",
+            "apikey",
+            "auth",
+            "session",
+            "csrf",
+            "xsrf",
+            "credential",
+        ]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+/// Which part of the request a rule applies to (see [`Rule::applies`]).
+const IN_OTHER: u8 = NOT_XML;
+
+/// One route's inspection.
+pub struct RouteInspect {
+    mode: InspectMode,
+    inspector: Arc<Inspector>,
+    /// Rules on, a bit per index of [`RULES`].
+    enabled: u64,
+    max_body: usize,
+    over_limit: OverLimit,
+    skip_headers: Box<[HeaderName]>,
+}
+
+impl RouteInspect {
+    pub fn new(inspector: &Arc<Inspector>, config: &InspectConfig) -> Result<RouteInspect, String> {
+        let skip_headers = config
+            .skip_headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("inspect.skip_headers: `{h}` is not a header name"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RouteInspect {
+            mode: config.mode,
+            inspector: inspector.clone(),
+            enabled: config.enabled()?,
+            max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            over_limit: config.body_over_limit,
+            skip_headers,
+        })
+    }
+
+    pub fn mode(&self) -> InspectMode {
+        self.mode
+    }
+
+    fn on(&self, id: &str) -> Option<&'static Rule> {
+        let i = rules::index(id)?;
+        (self.enabled & 1 << i != 0).then_some(&RULES[i])
+    }
+
+    /// Normalises one part and matches it: rules in order, then the comment-free view, then
+    /// NUL bytes.
+    fn scan(&self, raw: &[u8], kind: Kind, part: u8) -> Option<&'static Rule> {
+        if raw.is_empty() {
+            return None;
+        }
+        let n = normalize(raw, kind);
+        let i = &self.inspector;
+        i.first_match(&n.text, self.enabled, part)
+            .or_else(|| sql_view(&n.text).and_then(|v| i.first_match(&v, self.enabled, part)))
+            .or_else(|| n.nul.then(|| self.on("null-001")).flatten())
+    }
+
+    /// A query or form body: each name and each value.
+    fn form(&self, raw: &[u8]) -> Option<&'static Rule> {
+        raw.split(|&b| b == b'&').find_map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &[][..]),
+            };
+            self.scan(name, Kind::Form, IN_OTHER)
+                .or_else(|| self.scan(value, Kind::Form, IN_OTHER))
+        })
+    }
+
+    /// A `Cookie` header: each cookie's name and value.
+    fn cookies(&self, raw: &[u8]) -> Option<&'static Rule> {
+        raw.split(|&b| b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+                None => (pair, &[][..]),
+            };
+            self.scan(name, Kind::Header, IN_OTHER)
+                .or_else(|| self.scan(value, Kind::Header, IN_OTHER))
+        })
+    }
+
+    /// Inspects the path, the query and the headers.
+    pub fn head(&self, parts: &Parts) -> Option<Finding> {
+        if let Some(r) = self.scan(parts.uri.path().as_bytes(), Kind::Path, IN_OTHER) {
+            return Some(Finding::new(r, "path"));
+        }
+        if let Some(r) = parts.uri.query().and_then(|q| self.form(q.as_bytes())) {
+            return Some(Finding::new(r, "query"));
+        }
+        for (name, value) in &parts.headers {
+            if skipped(name) || self.skip_headers.contains(name) {
+                continue;
+            }
+            let found = if name == header::COOKIE {
+                self.cookies(value.as_bytes())
+            } else {
+                self.scan(value.as_bytes(), Kind::Header, IN_OTHER)
+            };
+            if let Some(r) = found {
+                return Some(Finding::new(r, format!("header:{name}")));
+            }
+        }
+        None
+    }
+
+    /// Whether the body should be read and given to [`RouteInspect::body`]: when its content
+    /// type is one that is inspected.
+    pub fn wants_body(&self, parts: &Parts) -> bool {
+        body_kind(parts).is_some()
+    }
+
+    pub fn body(&self, parts: &Parts, body: &[u8]) -> Option<Finding> {
+        let kind = body_kind(parts)?;
+        let body = if body.len() > self.max_body {
+            if self.over_limit == OverLimit::Finding {
+                if let Some(r) = self.on("limit-001") {
+                    return Some(Finding::new(r, "body"));
+                }
+            }
+            &body[..self.max_body]
+        } else {
+            body
+        };
+        let found = match kind {
+            BodyKind::Form => self.form(body),
+            BodyKind::Json => self.scan(body, Kind::Json, IN_OTHER),
+            BodyKind::Text => self.scan(body, Kind::Text, IN_OTHER),
+            BodyKind::Xml => self.scan(body, Kind::Text, IN_XML),
+        };
+        found.map(|r| Finding::new(r, "body"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
