@@ -976,17 +976,17 @@ impl Config {
                     ));
                 }
             }
-            if l.key.as_str() == "subject" || l.key.as_str() == "api_key" {
-                if route
+            let needs_auth = matches!(l.key.as_str(), "subject" | "api_key");
+            if needs_auth
+                && route
                     .auth
                     .as_ref()
                     .is_none_or(|a| a.mode == crate::proxy::auth::AuthMode::Off)
-                {
-                    return Err((
-                        vec!["rate_limits".into(), i.to_string(), "key".into()],
-                        format!("`{}` needs [routes.auth] on this route", l.key),
-                    ));
-                }
+            {
+                return Err((
+                    vec!["rate_limits".into(), i.to_string(), "key".into()],
+                    format!("`{}` needs [routes.auth] on this route", l.key),
+                ));
             }
         }
         if let Some(v) = &route.validate {
@@ -1331,7 +1331,14 @@ mod tests {
         let api = &c.upstreams["api"];
         assert_eq!(api.targets[1].weight, 2);
         assert_eq!(api.health_check, Some(HealthCheckConfig::default()));
-        assert_eq!(c.routes.len(), 4);
+        assert_eq!(c.routes.len(), 5);
+        let orders = c.routes[4].validate.as_ref().unwrap();
+        assert_eq!(orders.methods, ["GET", "POST"]);
+        assert_eq!(orders.max_body_bytes, Some(65536));
+        assert_eq!(
+            c.routes[4].inspect.as_ref().unwrap().mode,
+            crate::proxy::inspect::InspectMode::Block
+        );
         let public = &c.routes[3];
         assert_eq!(public.rate_limits[0].burst, Some(20));
         assert_eq!(public.rate_limits[1].key, "route");

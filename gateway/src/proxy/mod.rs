@@ -1125,7 +1125,7 @@ fn reject(route: &str, r: Rejection, id: &str, done: &mut Done) -> Response<Body
         a.rule = Some(r.rule);
     }
     let headers = response.headers_mut();
-    for (name, value) in r.headers {
+    for (name, value) in *r.headers {
         if let Some(name) = name {
             headers.append(name, value);
         }

@@ -21,8 +21,9 @@ pub struct Rejection {
     /// The rule that fired, for the audit log (`auth:jwt:expired`, `inspect:sqli-003`,
     /// `ratelimit:per-user`, `access:deny`...).
     pub rule: String,
-    /// Extra response headers.
-    pub headers: HeaderMap,
+    /// Extra response headers (boxed: refusals are the rare path, and `Result`s carrying a
+    /// `Rejection` stay small).
+    pub headers: Box<HeaderMap>,
     /// Close the connection after answering (request smuggling, broken framing).
     pub close: bool,
 }
@@ -39,7 +40,7 @@ impl Rejection {
             code,
             message: message.into(),
             rule: rule.into(),
-            headers: HeaderMap::new(),
+            headers: Box::default(),
             close: false,
         }
     }

@@ -301,7 +301,6 @@ enum Schemas {
 }
 
 // The pipeline's phases all return `Result<_, Rejection>`; a refusal is the rare path.
-#[allow(clippy::result_large_err)]
 impl Validator {
     pub fn new(config: &ValidateConfig) -> Result<Validator, String> {
         let methods = config
@@ -525,7 +524,6 @@ fn describe(e: &jsonschema::ValidationError<'_>) -> String {
     format!("{} ({})", echo(path), e.kind().keyword())
 }
 
-#[allow(clippy::result_large_err)]
 impl Query {
     fn check(&self, query: &str) -> Result<(), Rejection> {
         // Few parameters per route: counts on the stack for the usual case.

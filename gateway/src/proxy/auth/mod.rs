@@ -17,9 +17,6 @@
 //! Every 401 carries a `WWW-Authenticate: Bearer` challenge (RFC 6750), a 403 the
 //! `insufficient_scope` one. Rejection rules are `auth:<reason>`; tokens are never echoed.
 
-// `Rejection` is the pipeline's refusal type, made once per refused request: not worth boxing.
-#![allow(clippy::result_large_err)]
-
 mod apikey;
 mod cache;
 mod claims;
