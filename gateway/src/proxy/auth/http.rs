@@ -37,6 +37,29 @@ pub fn client(ca: Option<&Path>, connect_timeout: Duration) -> Result<HttpClient
         .build(connector))
 }
 
+/// Sends `request` and reads a 200 answer's body of at most `limit` bytes, all within
+/// `timeout`; any other outcome is an error saying what happened.
+pub async fn send(
+    client: &HttpClient,
+    request: hyper::Request<Full<Bytes>>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, String> {
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| format!("request failed: {}", crate::xdp::error_chain(&e)))?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(format!("answered {}", response.status()));
+        }
+        body(response, limit).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+}
+
 /// Reads a response body of at most `limit` bytes.
 pub async fn body(response: Response<Incoming>, limit: usize) -> Result<Bytes, String> {
     Limited::new(response.into_body(), limit)

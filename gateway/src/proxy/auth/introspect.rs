@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     header::{self, HeaderValue},
-    Method, Request, StatusCode, Uri,
+    Method, Request, Uri,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{Map, Value};
@@ -160,21 +160,9 @@ async fn call(
     request: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<Map<String, Value>, String> {
-    let post = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| format!("request failed: {}", crate::xdp::error_chain(&e)))?;
-        if response.status() != StatusCode::OK {
-            return Err(format!("answered {}", response.status()));
-        }
-        let body = http::body(response, MAX_ANSWER_BYTES).await?;
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err("the answer is not a JSON object".into()),
-        }
-    };
-    tokio::time::timeout(timeout, post)
-        .await
-        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+    let body = http::send(&client, request, MAX_ANSWER_BYTES, timeout).await?;
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err("the answer is not a JSON object".into()),
+    }
 }

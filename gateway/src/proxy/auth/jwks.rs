@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{header, Method, Request, StatusCode};
+use hyper::{header, Method, Request};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 use tracing::{info, warn};
@@ -452,19 +452,7 @@ async fn fetch(client: HttpClient, uri: hyper::Uri, timeout: Duration) -> Result
         .header(header::USER_AGENT, "gateway")
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let get = async {
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| format!("request failed: {}", crate::xdp::error_chain(&e)))?;
-        if response.status() != StatusCode::OK {
-            return Err(format!("answered {}", response.status()));
-        }
-        http::body(response, MAX_JWKS_BYTES).await
-    };
-    tokio::time::timeout(timeout, get)
-        .await
-        .map_err(|_| format!("no answer within {}", humantime::format_duration(timeout)))?
+    http::send(&client, request, MAX_JWKS_BYTES, timeout).await
 }
 
 /// Fetches at once, then every `refresh` (or sooner after a failure), while the remote lives.
