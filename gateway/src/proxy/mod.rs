@@ -27,6 +27,7 @@
 //! ```
 
 pub mod auth;
+pub mod h1;
 pub mod harden;
 pub mod inspect;
 pub mod ratelimit;
@@ -177,8 +178,34 @@ impl Security {
 enum Admitted {
     /// A CORS preflight, answered with these headers.
     Preflight(HeaderMap),
-    /// Go on with this body (limited, or read whole when a phase needed it).
-    Go { body: ReqBody, bodiless: bool },
+    /// Go on with this body.
+    Go(Payload),
+}
+
+/// A request body as the proxy received it: from hyper, or already read by the fast path.
+pub enum RequestBody {
+    Incoming(Incoming),
+    Bytes(Bytes),
+}
+
+/// A request body on its way to the upstream.
+enum Payload {
+    /// None at all.
+    Empty,
+    /// Whole, in memory: read by the fast path, or because a phase needed it.
+    Bytes(Bytes),
+    /// Still arriving; limited and counted.
+    Stream(ReqBody),
+}
+
+impl Payload {
+    fn into_body(self) -> ReqBody {
+        match self {
+            Payload::Empty => empty(),
+            Payload::Bytes(b) => full(b),
+            Payload::Stream(s) => s,
+        }
+    }
 }
 
 /// A route's metric handles, resolved once so requests skip the label lookups.
@@ -201,6 +228,8 @@ enum Action {
         pool: Arc<Pool>,
         /// One per worker.
         clients: Box<[UpstreamClient]>,
+        /// The fast path's client, for plain HTTP/1.1 pools.
+        fast: Option<Arc<h1::client::Client>>,
         version: Version,
     },
     Respond {
@@ -339,7 +368,7 @@ impl Proxy {
     }
 
     /// Handles one request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
         let started = Instant::now();
         let id_value = match req.headers().get(REQUEST_ID) {
             Some(v) if valid_request_id(v) => v.clone(),
@@ -422,7 +451,7 @@ impl Proxy {
                 *response.headers_mut() = headers;
                 response
             }
-            Ok(Admitted::Go { body, bodiless }) => match &route.action {
+            Ok(Admitted::Go(body)) => match &route.action {
                 Action::Respond { status, body } => {
                     let mut response = Response::new(full(body.clone()));
                     *response.status_mut() = *status;
@@ -437,11 +466,13 @@ impl Proxy {
                 Action::Forward {
                     pool,
                     clients,
+                    fast,
                     version,
                 } => {
                     let fwd = Forward {
                         pool,
                         client: &clients[server::worker_index() % clients.len()],
+                        fast: fast.as_deref(),
                         version: *version,
                         conn: &conn,
                         client_ip: client,
@@ -453,7 +484,7 @@ impl Proxy {
                     };
                     // Boxed: the forwarding state is large, and moving it costs more than a
                     // heap allocation.
-                    Box::pin(self.forward(parts, body, bodiless, fwd, &mut done)).await
+                    Box::pin(self.forward(parts, body, fwd, &mut done)).await
                 }
             },
         };
@@ -495,7 +526,7 @@ impl Proxy {
         &self,
         route: &Route,
         parts: &mut Parts,
-        body: Incoming,
+        body: RequestBody,
         client: std::net::IpAddr,
         done: &mut Done,
         extra: &mut Vec<(HeaderName, String)>,
@@ -549,20 +580,32 @@ impl Proxy {
         if declared.is_some_and(|n| n > max_body) {
             return Err(too_large(max_body));
         }
-        let bodiless = body.is_end_stream();
+        let validate_body = s.validator.as_ref().is_some_and(|v| v.wants_body(parts));
+        let inspect_body = s.inspect.as_ref().is_some_and(|i| i.wants_body(parts));
         let counter = done.audit.as_ref().map(|a| a.bytes_in.clone());
+        let body = match body {
+            RequestBody::Incoming(body) => body,
+            RequestBody::Bytes(bytes) => {
+                if bytes.len() as u64 > max_body {
+                    return Err(too_large(max_body));
+                }
+                if let Some(seen) = counter {
+                    seen.fetch_add(bytes.len() as u64, Relaxed);
+                }
+                return self.check_body(route, parts, bytes, done);
+            }
+        };
+        let bodiless = body.is_end_stream();
         let limited = Limited {
             inner: body,
             left: max_body,
             seen: counter,
         };
-        let validate_body = s.validator.as_ref().is_some_and(|v| v.wants_body(parts));
-        let inspect_body = s.inspect.as_ref().is_some_and(|i| i.wants_body(parts));
-        if bodiless || !(validate_body || inspect_body) {
-            return Ok(Admitted::Go {
-                body: limited.boxed(),
-                bodiless,
-            });
+        if bodiless {
+            return Ok(Admitted::Go(Payload::Empty));
+        }
+        if !(validate_body || inspect_body) {
+            return Ok(Admitted::Go(Payload::Stream(limited.boxed())));
         }
         // A phase needs the whole body: read it, within the limit and the route's timeout.
         let bytes = match tokio::time::timeout(route.timeout, limited.collect()).await {
@@ -580,25 +623,36 @@ impl Proxy {
                 return Err(r);
             }
         };
-        if let Some(v) = s.validator.as_ref().filter(|_| validate_body) {
+        self.check_body(route, parts, bytes, done)
+    }
+
+    /// The body phases, on a body read whole.
+    fn check_body(
+        &self,
+        route: &Route,
+        parts: &Parts,
+        bytes: Bytes,
+        done: &mut Done,
+    ) -> Result<Admitted, Rejection> {
+        if bytes.is_empty() {
+            return Ok(Admitted::Go(Payload::Empty));
+        }
+        let s = &route.security;
+        if let Some(v) = s.validator.as_ref().filter(|v| v.wants_body(parts)) {
             v.check_body(parts, &bytes)?;
         }
-        if let Some(i) = s.inspect.as_ref().filter(|_| inspect_body) {
+        if let Some(i) = s.inspect.as_ref().filter(|i| i.wants_body(parts)) {
             if let Some(f) = i.body(parts, &bytes) {
                 finding(&route.name, i.mode(), f, done)?;
             }
         }
-        Ok(Admitted::Go {
-            body: full(bytes),
-            bodiless: false,
-        })
+        Ok(Admitted::Go(Payload::Bytes(bytes)))
     }
 
     async fn forward(
         &self,
         mut parts: Parts,
-        body: ReqBody,
-        bodiless: bool,
+        body: Payload,
         f: Forward<'_>,
         done: &mut Done,
     ) -> Response<Body> {
@@ -612,6 +666,8 @@ impl Proxy {
                 | Method::DELETE
                 | Method::TRACE
         );
+        // A body in memory can be sent again; one still arriving only once.
+        let resendable = !matches!(body, Payload::Stream(_));
         let mut body = Some(body);
         let path_and_query = match (parts.uri.query(), f.path.contains('?')) {
             (Some(q), true) => format!("{}&{q}", f.path),
@@ -655,25 +711,49 @@ impl Proxy {
             let target = &pool.targets[i];
             done.set_target(&pool.name, &target.label);
             let guard = pool.begin(i);
-            let uri: Uri = match Uri::try_from([target.origin.as_str(), &path_and_query].concat()) {
-                Ok(u) => u,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        &format!("bad request target: {e}"),
-                        f.id,
-                        done,
-                    )
+            let may_retry = tried.len() <= pool.retries as usize && resendable;
+            let attempt = async {
+                match (f.fast, body.take()) {
+                    (Some(fast), Some(Payload::Empty)) | (Some(fast), None) => {
+                        fast_send(
+                            fast,
+                            target.addr,
+                            &parts,
+                            &path_and_query,
+                            Bytes::new(),
+                            idempotent,
+                        )
+                        .await
+                    }
+                    (Some(fast), Some(Payload::Bytes(b))) => {
+                        body = Some(Payload::Bytes(b.clone()));
+                        fast_send(fast, target.addr, &parts, &path_and_query, b, idempotent).await
+                    }
+                    (_, payload) => {
+                        let payload = payload.unwrap_or(Payload::Empty);
+                        if let Payload::Bytes(b) = &payload {
+                            body = Some(Payload::Bytes(b.clone()));
+                        }
+                        let uri = Uri::try_from([target.origin.as_str(), &path_and_query].concat())
+                            .map_err(|e| Failure::Request(format!("bad request target: {e}")))?;
+                        let mut request = Request::new(payload.into_body());
+                        *request.method_mut() = parts.method.clone();
+                        *request.uri_mut() = uri;
+                        *request.version_mut() = f.version;
+                        *request.headers_mut() = parts.headers.clone();
+                        match f.client.request(request).await {
+                            Ok(r) => Ok(r.map(|b| b.map_err(BoxError::from).boxed())),
+                            Err(e) if has_source::<BodyTooLarge>(&e) => Err(Failure::BodyTooLarge),
+                            Err(e) if has_source::<ClientBodyError>(&e) => Err(Failure::ClientBody),
+                            Err(e) => Err(Failure::Upstream {
+                                connect: e.is_connect(),
+                                message: error_chain(&e),
+                            }),
+                        }
+                    }
                 }
             };
-            let mut request = Request::new(body.take().unwrap_or_else(empty));
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
-            *request.version_mut() = f.version;
-            *request.headers_mut() = parts.headers.clone();
-            let may_retry = tried.len() <= pool.retries as usize && bodiless;
-            match tokio::time::timeout_at(deadline, f.client.request(request)).await {
+            match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(response)) => {
                     let status = response.status();
                     let bad = matches!(status.as_u16(), 502..=504);
@@ -688,40 +768,40 @@ impl Proxy {
                     let (mut parts, body) = response.into_parts();
                     remove_hop_by_hop(&mut parts.headers);
                     done.in_flight = Some(guard);
-                    let response =
-                        Response::from_parts(parts, body.map_err(BoxError::from).boxed());
+                    let response = Response::from_parts(parts, body);
                     if bad && idempotent && may_retry {
                         failed = Some(response);
                         continue;
                     }
                     return response;
                 }
-                Ok(Err(e)) => {
-                    if has_source::<BodyTooLarge>(&e) {
-                        return error(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "body_too_large",
-                            &format!("the request body is larger than {max_body} bytes"),
-                            f.id,
-                            done,
-                        );
-                    }
-                    if has_source::<ClientBodyError>(&e) {
-                        // The client's body broke (bad chunking, cut off): its fault, not the
-                        // target's; and the connection cannot be trusted any more.
-                        return reject(&done.route_name(), bad_body(), f.id, done);
-                    }
+                Ok(Err(Failure::Request(message))) => {
+                    return error(StatusCode::BAD_REQUEST, "bad_request", &message, f.id, done)
+                }
+                Ok(Err(Failure::BodyTooLarge)) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        &format!("the request body is larger than {max_body} bytes"),
+                        f.id,
+                        done,
+                    );
+                }
+                Ok(Err(Failure::ClientBody)) => {
+                    // The client's body broke (bad chunking, cut off): its fault, not the
+                    // target's; and the connection cannot be trusted any more.
+                    return reject(&done.route_name(), bad_body(), f.id, done);
+                }
+                Ok(Err(Failure::Upstream { connect, message })) => {
                     pool.report(i, Outcome::Failure);
                     let message = format!(
                         "upstream {} target {}: {}",
-                        pool.name,
-                        target.label,
-                        error_chain(&e)
+                        pool.name, target.label, message
                     );
                     tracing::debug!(request_id = f.id, %message, "upstream error");
                     let response =
                         error(StatusCode::BAD_GATEWAY, "bad_gateway", &message, f.id, done);
-                    if (e.is_connect() || idempotent) && may_retry {
+                    if (connect || idempotent) && may_retry {
                         failed = Some(response);
                         continue;
                     }
@@ -746,10 +826,47 @@ impl Proxy {
     }
 }
 
+/// Why an attempt to forward got no response.
+enum Failure {
+    /// The request cannot be sent as it is.
+    Request(String),
+    BodyTooLarge,
+    ClientBody,
+    Upstream {
+        connect: bool,
+        message: String,
+    },
+}
+
+/// One attempt through the fast path's client.
+async fn fast_send(
+    client: &h1::client::Client,
+    addr: std::net::SocketAddr,
+    parts: &Parts,
+    path_and_query: &str,
+    body: Bytes,
+    idempotent: bool,
+) -> Result<Response<Body>, Failure> {
+    let outgoing = h1::client::Outgoing {
+        method: &parts.method,
+        path_and_query,
+        headers: &parts.headers,
+        body,
+    };
+    client
+        .send(addr, outgoing, idempotent)
+        .await
+        .map_err(|e| Failure::Upstream {
+            connect: e.is_connect(),
+            message: error_chain(&e),
+        })
+}
+
 /// What [`Proxy::forward`] needs to know besides the request.
 struct Forward<'a> {
     pool: &'a Arc<Pool>,
     client: &'a UpstreamClient,
+    fast: Option<&'a h1::client::Client>,
     version: Version,
     conn: &'a ConnInfo,
     /// The client, trusted proxies seen through.
@@ -801,9 +918,13 @@ fn route_action<'c>(
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::Http2 => Version::HTTP_2,
     };
+    // Plain HTTP/1.1 pools take the fast path; TLS and HTTP/2 stay with hyper's client.
+    let fast = (version == Version::HTTP_11 && !pool.tls())
+        .then(|| Arc::new(h1::client::Client::new(connect, pool.max_idle_per_target())));
     Ok(Action::Forward {
         pool,
         clients: per_worker,
+        fast,
         version,
     })
 }

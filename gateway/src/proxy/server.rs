@@ -48,7 +48,7 @@ pub struct Shared {
     /// Connections open now.
     open: AtomicUsize,
     /// Turns true when the daemon shuts down: connections finish their requests and close.
-    closing: watch::Sender<bool>,
+    pub(super) closing: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -381,7 +381,9 @@ async fn serve<S>(
             async move {
                 activity.in_flight.fetch_add(1, Relaxed);
                 let proxy = shared.proxy.load_full();
-                let response = proxy.handle(req, info).await;
+                let response = proxy
+                    .handle(req.map(super::RequestBody::Incoming), info)
+                    .await;
                 activity.in_flight.fetch_sub(1, Relaxed);
                 Ok::<_, Infallible>(response)
             }
@@ -392,6 +394,16 @@ async fn serve<S>(
         info: info.clone(),
         activity: activity.clone(),
     };
+    // Plain HTTP/1.1 requests are served without hyper until one needs it (see `h1`).
+    let (io, prefix) = if h1 {
+        match super::h1::server::serve(io, &info, shared).await {
+            super::h1::server::Exit::Closed => return,
+            super::h1::server::Exit::HandOver(io, prefix) => (io, prefix),
+        }
+    } else {
+        (io, bytes::Bytes::new())
+    };
+    let io = super::h1::Prefixed::new(io, prefix);
     // The guard sits between the (decrypted) stream and hyper: it must see the bytes exactly as
     // hyper will, and before hyper acts on them.
     let io = if h1 {

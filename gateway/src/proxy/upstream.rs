@@ -155,6 +155,15 @@ impl Pool {
         self.config.protocol
     }
 
+    /// Whether the targets are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    pub fn max_idle_per_target(&self) -> usize {
+        self.config.max_idle_per_target as usize
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

@@ -1,0 +1,348 @@
+//! HTTP/1.1 without hyper's dispatchers, for the requests most traffic is made of.
+//!
+//! hyper runs every connection as a state machine behind channels: the server hands each request
+//! to the service, the client sends it through a queue to a connection task and waits for the
+//! answer on another. That generality costs several microseconds of CPU per request, more than
+//! the proxy's own work. Here one task reads a request, runs it through the proxy, writes it to
+//! a pooled upstream connection, and writes the answer back, all in place.
+//!
+//! The fast path takes only what it can do fully: the server side hands a connection over to
+//! hyper (with the bytes already read) at the first request that is not a plain HTTP/1.1
+//! request with at most a small `Content-Length` body, and the client side serves only plain-TCP
+//! HTTP/1.1 upstreams and requests whose body is already in memory. Everything else keeps
+//! going through hyper, as before.
+
+pub mod client;
+pub mod server;
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream with bytes already read from it put back in front.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(inner: S, prefix: Bytes) -> Prefixed<S> {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads into the spare capacity of `buf` (reserving `at_least` first when it is short).
+pub(crate) fn poll_read_buf<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    at_least: usize,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < at_least {
+        buf.reserve(at_least);
+    }
+    let spare = buf.chunk_mut();
+    // SAFETY: `UninitSlice` is a `[MaybeUninit<u8>]` the reader only writes to, and
+    // `advance_mut` below covers exactly the bytes it reports as filled.
+    let spare = unsafe {
+        &mut *(spare as *mut bytes::buf::UninitSlice as *mut [std::mem::MaybeUninit<u8>])
+    };
+    let mut read = ReadBuf::uninit(spare);
+    match Pin::new(io).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            // SAFETY: the reader initialised the first `n` bytes of the spare capacity.
+            unsafe { buf.advance_mut(n) };
+            Poll::Ready(Ok(n))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Reads into `buf` (see [`poll_read_buf`]).
+pub(crate) async fn read_buf<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    at_least: usize,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_buf(io, cx, buf, at_least)).await
+}
+
+/// The longest chunk-size line or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// The most trailer bytes accepted (they are read and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// What one step of [`Chunked`] decoding gives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Data(Bytes),
+    NeedMore,
+    Done,
+}
+
+/// The chunked body was malformed.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed chunked body: {0}")]
+pub struct BadChunk(pub &'static str);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+    Done,
+}
+
+/// An incremental decoder of `Transfer-Encoding: chunked` (RFC 9112 section 7.1), strict:
+/// lines end in CRLF, sizes are hex without overflow, extensions are skipped, trailers dropped.
+#[derive(Debug)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+}
+
+impl Chunked {
+    pub fn new() -> Chunked {
+        Chunked {
+            state: ChunkState::Size,
+        }
+    }
+
+    /// Takes what it can from the front of `buf`.
+    pub fn step(&mut self, buf: &mut BytesMut) -> Result<Step, BadChunk> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = line_end(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    let line = buf.split_to(end + 2);
+                    let line = &line[..end];
+                    let digits = line
+                        .iter()
+                        .position(|b| !b.is_ascii_hexdigit())
+                        .unwrap_or(line.len());
+                    if digits == 0 || digits > 15 {
+                        return Err(BadChunk("bad chunk size"));
+                    }
+                    let rest = &line[digits..];
+                    if !(rest.is_empty() || rest[0] == b';' || rest[0] == b' ' || rest[0] == b'\t')
+                        || rest.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+                    {
+                        return Err(BadChunk("bad chunk size line"));
+                    }
+                    let size = line[..digits].iter().fold(0u64, |n, &b| {
+                        n * 16 + u64::from((b as char).to_digit(16).unwrap_or(0))
+                    });
+                    self.state = if size == 0 {
+                        ChunkState::Trailers(0)
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(BadChunk("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers(seen) => {
+                    let Some(end) = line_end(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    buf.advance(end + 2);
+                    if end == 0 {
+                        self.state = ChunkState::Done;
+                    } else if seen + end > MAX_TRAILERS {
+                        return Err(BadChunk("trailers too large"));
+                    } else {
+                        self.state = ChunkState::Trailers(seen + end + 2);
+                    }
+                }
+                ChunkState::Done => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
+/// Where the CRLF ending the first line of `buf` starts; `None` when it has not arrived yet.
+fn line_end(buf: &[u8], max: usize) -> Result<Option<usize>, BadChunk> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(0) => Err(BadChunk("bare LF")),
+        Some(i) if buf[i - 1] == b'\r' => Ok(Some(i - 1)),
+        Some(_) => Err(BadChunk("bare LF")),
+        None if buf.len() > max => Err(BadChunk("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// Whether a `Connection` header value lists `token`.
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// `buf.put_slice` for several slices.
+pub(crate) fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    for p in parts {
+        buf.put_slice(p);
+    }
+}
+
+/// The `Date` header value, remade at most once a second per thread.
+pub(crate) fn date(buf: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, [u8; 29])> = const {
+            std::cell::RefCell::new((u64::MAX, [0; 29]))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if text.len() == 29 {
+                d.1.copy_from_slice(text.as_bytes());
+            }
+            d.0 = secs;
+        }
+        buf.extend_from_slice(&d.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8], split: usize) -> Result<Vec<u8>, BadChunk> {
+        let mut dec = Chunked::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match dec.step(&mut buf)? {
+                Step::Data(d) => out.extend_from_slice(&d),
+                Step::Done => return Ok(out),
+                Step::NeedMore => {
+                    if fed == input.len() {
+                        return Err(BadChunk("cut off"));
+                    }
+                    let end = (fed + split).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_decodes_at_every_split() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for split in 1..body.len() {
+            assert_eq!(
+                decode_all(body, split).unwrap(),
+                b"hello, world",
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_refuses_malformed_bodies() {
+        for bad in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\nx\r\n",
+            b"5 x\rx\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 3).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_in_connection_headers() {
+        assert!(has_token(b"keep-alive, Close", "close"));
+        assert!(!has_token(b"closed", "close"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The client side of the fast path: reads plain HTTP/1.1 requests, runs each through the proxy
+//! and writes the response, on the connection's own task.
+//!
+//! It takes a request only when it is sure of its framing: HTTP/1.1 in origin form, CRLF line
+//! ends, no Transfer-Encoding, Expect or Upgrade, at most one plain decimal Content-Length of
+//! at most [`MAX_BODY`] bytes. At the first request it does not take (and the ones it cannot
+//! even parse), it hands the connection, with every byte it has read and not used, to hyper
+//! and the framing guard, which answer it exactly as they would have from the start.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use hyper::{
+    body::Body as _,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+
+use super::{date, has_token, put, read_buf};
+use crate::proxy::{
+    server::{ConnInfo, Shared},
+    Body, RequestBody,
+};
+
+/// The largest request body the fast path reads before handling the request (as nginx
+/// buffers request bodies); longer ones go through hyper, streaming.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Header slots on the stack; requests with more go to hyper.
+const HEADERS: usize = 64;
+/// How much to read at a time.
+const READ_SIZE: usize = 8 * 1024;
+/// Response bodies up to this size are copied behind the head, to go out in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// How a connection left the fast path.
+pub enum Exit<S> {
+    /// Closed, or to be closed: nothing more to do.
+    Closed,
+    /// A request the fast path does not take: hyper goes on with the stream and these bytes.
+    HandOver(S, Bytes),
+}
+
+/// A request head, parsed.
+struct Head {
+    request: Request<()>,
+    /// Bytes of the head, then of the body.
+    head_len: usize,
+    body_len: usize,
+    close: bool,
+}
+
+enum Parsed {
+    Complete(Head),
+    Partial,
+    /// Not for the fast path.
+    Unfit,
+}
+
+/// Serves requests on `io` until it closes or a request needs hyper.
+pub async fn serve<S>(mut io: S, info: &ConnInfo, shared: &Arc<Shared>) -> Exit<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut out: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut closing = shared.closing.subscribe();
+    loop {
+        let limits = shared.proxy.load().limits.clone();
+        // The next head: the idle timeout until its first byte, the header timeout from there.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let head = loop {
+            if !buf.is_empty() {
+                deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + limits.header_read_timeout
+                });
+                match parse(&buf, limits.max_headers as usize) {
+                    Parsed::Complete(head) => break head,
+                    Parsed::Unfit => return Exit::HandOver(io, buf.freeze()),
+                    Parsed::Partial if buf.len() >= limits.max_header_bytes as usize => {
+                        return Exit::HandOver(io, buf.freeze())
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            let wait = match deadline {
+                Some(d) => d,
+                None => tokio::time::Instant::now() + limits.idle_timeout,
+            };
+            let idle = buf.is_empty();
+            tokio::select! {
+                read = read_buf(&mut io, &mut buf, READ_SIZE) => match read {
+                    Ok(0) | Err(_) => return Exit::Closed,
+                    Ok(_) => {}
+                },
+                _ = tokio::time::sleep_until(wait) => {
+                    tracing::debug!(client = %info.client, idle, "connection timed out waiting for a request head");
+                    return Exit::Closed;
+                }
+                _ = closing.changed(), if idle => return Exit::Closed,
+            }
+            if idle && *closing.borrow() {
+                return Exit::Closed;
+            }
+        };
+        if head.body_len > 0 {
+            let total = head.head_len + head.body_len;
+            let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+            while buf.len() < total {
+                let want = total - buf.len();
+                tokio::select! {
+                    read = read_buf(&mut io, &mut buf, want) => match read {
+                        Ok(0) | Err(_) => return Exit::Closed,
+                        Ok(_) => {}
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::debug!(client = %info.client, "request body did not arrive in time");
+                        return Exit::Closed;
+                    }
+                }
+            }
+        }
+        let _ = buf.split_to(head.head_len);
+        let body = buf.split_to(head.body_len).freeze();
+        let head_request = head.request.method() == Method::HEAD;
+        let request = head.request.map(|()| RequestBody::Bytes(body));
+        let proxy = shared.proxy.load_full();
+        let response = proxy.handle(request, info.clone()).await;
+        let close = head.close || *closing.borrow();
+        match write_response(&mut io, &mut out, response, head_request, close).await {
+            Ok(true) if !close => {}
+            _ => {
+                let _ = io.shutdown().await;
+                return Exit::Closed;
+            }
+        }
+    }
+}
+
+/// Parses a request head off the front of `buf`.
+fn parse(buf: &[u8], max_headers: usize) -> Parsed {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS];
+    let slots = &mut slots[..max_headers.clamp(1, HEADERS)];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Unfit,
+    };
+    if req.version != Some(1) {
+        return Parsed::Unfit;
+    }
+    // httparse takes bare LFs; the framing guard refuses them.
+    let head = &buf[..len];
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Parsed::Unfit;
+    }
+    let (Some(method), Some(path)) = (req.method, req.path) else {
+        return Parsed::Unfit;
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parsed::Unfit;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Unfit;
+    };
+    let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else {
+        return Parsed::Unfit;
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body_len: Option<usize> = None;
+    let mut close = false;
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Unfit;
+        };
+        if name == header::CONTENT_LENGTH {
+            let digits = h.value;
+            if body_len.is_some()
+                || digits.is_empty()
+                || digits.len() > 7
+                || !digits.iter().all(u8::is_ascii_digit)
+            {
+                return Parsed::Unfit;
+            }
+            let n = digits
+                .iter()
+                .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
+            if n > MAX_BODY {
+                return Parsed::Unfit;
+            }
+            body_len = Some(n);
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || name == header::UPGRADE
+        {
+            return Parsed::Unfit;
+        } else if name == header::CONNECTION {
+            if has_token(h.value, "upgrade") {
+                return Parsed::Unfit;
+            }
+            close |= has_token(h.value, "close");
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Parsed::Unfit;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Parsed::Complete(Head {
+        request,
+        head_len: len,
+        body_len: body_len.unwrap_or(0),
+        close,
+    })
+}
+
+/// Writes `response`; says whether the connection may carry another request.
+async fn write_response<S>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<Body>,
+    head_request: bool,
+    close: bool,
+) -> std::io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let mut close = close
+        || parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), "close"));
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    // The length the body says it has, or chunked.
+    let exact = body.size_hint().exact();
+    out.clear();
+    put(
+        out,
+        &[
+            b"HTTP/1.1 ",
+            status.as_str().as_bytes(),
+            b" ",
+            status.canonical_reason().unwrap_or("").as_bytes(),
+            b"\r\n",
+        ],
+    );
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && !(bodiless && status != StatusCode::NO_CONTENT) {
+            // Bodies are framed here, from what they hold; a HEAD or 304 answer keeps the
+            // length of what a GET would have had.
+            continue;
+        }
+        has_date |= name == header::DATE;
+        put(
+            out,
+            &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
+        );
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !bodiless && exact.is_none();
+    if !bodiless {
+        match exact {
+            Some(n) => put(
+                out,
+                &[b"content-length: ", n.to_string().as_bytes(), b"\r\n"],
+            ),
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless {
+        io.write_all(out).await?;
+        io.flush().await?;
+        // Dropping the body ends the request's accounting.
+        drop(body);
+        return Ok(!close);
+    }
+    let mut sent: u64 = 0;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                // Too late for a status: cut the connection so the client sees the break.
+                tracing::debug!(error = %e, "response body failed; closing the connection");
+                io.write_all(out).await?;
+                return Ok(false);
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if chunked {
+            put(out, &[format!("{:x}\r\n", data.len()).as_bytes()]);
+        }
+        if out.len() + data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    } else if exact.is_some_and(|n| n != sent) {
+        // The body was not the length it said: the client cannot find the next response.
+        close = true;
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+    }
+    io.flush().await?;
+    drop(body);
+    Ok(!close)
+}
