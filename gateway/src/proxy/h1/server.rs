@@ -42,9 +42,11 @@ pub enum Exit<S> {
     HandOver(S, Bytes),
 }
 
-/// A request head, parsed.
+/// A request head, parsed: spans of the buffer it was parsed from.
 struct Head {
-    request: Request<()>,
+    method: Method,
+    path: (usize, usize),
+    fields: Vec<(HeaderName, (usize, usize))>,
     /// Bytes of the head, then of the body.
     head_len: usize,
     body_len: usize,
@@ -121,13 +123,22 @@ where
                 }
             }
         }
-        let _ = buf.split_to(head.head_len);
+        let head_bytes = buf.split_to(head.head_len).freeze();
         let body = buf.split_to(head.body_len).freeze();
-        let head_request = head.request.method() == Method::HEAD;
-        let request = head.request.map(|()| RequestBody::Bytes(body));
+        let head_request = head.method == Method::HEAD;
+        let close_asked = head.close;
+        let Some(request) = head.request(&head_bytes) else {
+            // Values httparse took and `http` does not: hyper answers, from this request on.
+            let mut rest = BytesMut::with_capacity(head_bytes.len() + body.len() + buf.len());
+            rest.extend_from_slice(&head_bytes);
+            rest.extend_from_slice(&body);
+            rest.extend_from_slice(&buf);
+            return Exit::HandOver(io, rest.freeze());
+        };
+        let request = request.map(|()| RequestBody::Bytes(body));
         let proxy = shared.proxy.load_full();
         let response = proxy.handle(request, info.clone()).await;
-        let close = head.close || *closing.borrow();
+        let close = close_asked || *closing.borrow();
         match write_response(&mut io, &mut out, response, head_request, close).await {
             Ok(true) if !close => {}
             _ => {
@@ -169,10 +180,10 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Unfit;
     };
-    let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else {
-        return Parsed::Unfit;
-    };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let path = span(path.as_bytes());
+    let mut fields: Vec<(HeaderName, (usize, usize))> = Vec::with_capacity(req.headers.len());
     let mut body_len: Option<usize> = None;
     let mut close = false;
     for h in req.headers.iter() {
@@ -206,22 +217,35 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
             }
             close |= has_token(h.value, "close");
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::Unfit;
-        };
-        headers.append(name, value);
+        fields.push((name, span(h.value)));
     }
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
     Parsed::Complete(Head {
-        request,
+        method,
+        path,
+        fields,
         head_len: len,
         body_len: body_len.unwrap_or(0),
         close,
     })
+}
+
+impl Head {
+    /// The request, its target and header values sharing `head` (the bytes parsed).
+    fn request(self, head: &Bytes) -> Option<Request<()>> {
+        let (at, len) = self.path;
+        let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, (at, len)) in self.fields {
+            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
+            headers.append(name, value);
+        }
+        let mut request = Request::new(());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
 }
 
 /// Writes `response`; says whether the connection may carry another request.
