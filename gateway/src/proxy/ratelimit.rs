@@ -238,12 +238,34 @@ impl Limit {
     }
 }
 
+/// The table's keys are already keyed hashes: used as they are.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Tats = HashMap<u64, u64, std::hash::BuildHasherDefault<Prehashed>>;
+
 /// Keys' TATs, in nanoseconds since the table was made, in shards under their own locks.
 struct Table {
     hasher: RandomState,
     epoch: Instant,
     per_shard: usize,
-    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+    shards: Box<[Mutex<Tats>]>,
 }
 
 impl Table {
@@ -252,7 +274,7 @@ impl Table {
             hasher: RandomState::new(),
             epoch: Instant::now(),
             per_shard: (max_keys / SHARDS).max(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Tats::default())).collect(),
         }
     }
 
@@ -265,7 +287,8 @@ impl Table {
     }
 
     fn acquire(&self, hash: u64, now: u64, limit: &Limit) -> Decision {
-        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        // Bits the shard maps do not use for buckets or control bytes.
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
         // A poisoned lock only means another thread panicked mid-update of two integers.
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         let tat = map.get(&hash).copied().unwrap_or(0);
@@ -287,7 +310,7 @@ impl Table {
 
 /// Makes room in a full shard: keys whose bucket is full again go first; if that frees less
 /// than an eighth, arbitrary keys go until an eighth is free.
-fn evict(map: &mut HashMap<u64, u64>, capacity: usize, now: u64) {
+fn evict(map: &mut Tats, capacity: usize, now: u64) {
     map.retain(|_, tat| *tat > now);
     let target = capacity - capacity / 8 - 1;
     if map.len() > target {

@@ -462,6 +462,10 @@ impl Validator {
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
+        // The common case first: a valid body, without gathering errors.
+        if schema.is_valid(&value) {
+            return Ok(());
+        }
         let mut errors = schema.iter_errors(&value);
         let Some(first) = errors.next() else {
             return Ok(());
