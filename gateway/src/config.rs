@@ -1393,6 +1393,13 @@ mod tests {
             c.admin.metrics_listen,
             Some("127.0.0.1:9901".parse().unwrap())
         );
+        let rule = &c.autoban.rules["bad-credentials"];
+        assert_eq!(rule.on, ["auth_failure"]);
+        assert_eq!(
+            (rule.threshold, rule.prefix_v4, rule.prefix_v6),
+            (20, 32, 128)
+        );
+        assert_eq!(rule.ttl, Duration::from_secs(3600));
         // Every other key the example sets is a default.
         let defaults = Config {
             xdp: XdpConfig {
@@ -1416,6 +1423,10 @@ mod tests {
             admin: AdminConfig {
                 metrics_listen: c.admin.metrics_listen,
                 ..AdminConfig::default()
+            },
+            autoban: crate::autoban::AutobanConfig {
+                rules: c.autoban.rules.clone(),
+                ..Default::default()
             },
             ..Config::default()
         };

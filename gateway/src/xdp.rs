@@ -631,8 +631,8 @@ impl Kernel {
             .map_err(|e| map_error(names::EVENTS, e))
     }
 
-    /// The drop-event budgets summed over CPUs: events sent, suppressed (budget spent) and
-    /// lost (ring buffer full).
+    /// The drop events not sent, summed over CPUs: `suppressed` (budget spent) and `lost`
+    /// (ring buffer full); the other fields are zero.
     pub fn event_counters(&self) -> Result<EventBudget, String> {
         let map = self
             .ebpf
