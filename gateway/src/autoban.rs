@@ -488,7 +488,7 @@ impl<V> PrefixSet<V> {
                 Some(i) => i,
                 None => {
                     tables.push((len, HashMap::new()));
-                    tables.sort_by(|a, b| b.0.cmp(&a.0));
+                    tables.sort_by_key(|t| std::cmp::Reverse(t.0));
                     tables.iter().position(|(l, _)| *l == len).unwrap_or(0)
                 }
             };
@@ -669,6 +669,9 @@ impl Skipped {
     }
 }
 
+/// What [`apply`] did: the bans that went on the blocklist, and those skipped and why.
+pub type Outcome = (Vec<Applied>, Vec<(Ban, Skipped)>);
+
 /// A ban that went on the blocklist.
 #[derive(Debug)]
 pub struct Applied {
@@ -688,7 +691,7 @@ pub fn apply(
     enforcer: &mut dyn Enforcer,
     max_entries: usize,
     bans: Vec<Ban>,
-) -> Result<(Vec<Applied>, Vec<(Ban, Skipped)>), String> {
+) -> Result<Outcome, String> {
     let now = lists::now_ms();
     let mut skipped = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
