@@ -31,6 +31,15 @@ pub const fn rate_bucket(fingerprint: u64, buckets_mask: u32) -> u32 {
     (fingerprint >> 32) as u32 & buckets_mask
 }
 
+/// The fingerprint of a source address in the drop-event table: the address halves as the
+/// program loads them (an IPv4 address in `hi`, `lo` zero) and its family.
+#[inline(always)]
+pub const fn event_fingerprint(seed: u64, family: u32, hi: u64, lo: u64) -> u64 {
+    // Another salt than the rate table's, so a source's slots in the two tables are unrelated.
+    let h = mix(seed.rotate_left(16) ^ hi ^ 0x4576_656e_7400 ^ family as u64);
+    mix(h ^ lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

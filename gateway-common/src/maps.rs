@@ -17,6 +17,15 @@ pub const RATE_STATE: &str = "RATE_STATE";
 pub const SETTINGS: &str = "SETTINGS";
 /// Per-CPU array of [`Counter`]s, indexed by [`Verdict`].
 pub const VERDICTS: &str = "VERDICTS";
+/// Ring buffer of [`events::DropEvent`]s: sampled drops, for the daemon (audit log, metrics,
+/// `gateway stats --top`).
+pub const EVENTS: &str = "EVENTS";
+/// When each source last got a drop event: an array of [`events::EventSlot`]s,
+/// `Settings::event_slots_mask + 1` of them, indexed by a keyed hash of the source address.
+pub const EVENT_STATE: &str = "EVENT_STATE";
+/// Per-CPU one-slot array of [`events::EventBudget`]: the events each CPU may still send this
+/// second, and what it could not send.
+pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
 
 /// How the blocklist and the allowlist are laid out for the kernel.
 ///
@@ -223,8 +232,14 @@ pub struct Settings {
     pub list_buckets_mask: u32,
     /// Buckets in [`RATE_STATE`] minus one (a power of two minus one).
     pub rate_buckets_mask: u32,
+    /// Least nanoseconds between two drop events of one source; 0 turns drop events off.
+    pub event_interval_ns: u64,
+    /// Drop events each CPU may send per `event_interval_ns` at most, whatever the sources.
+    pub events_per_cpu: u32,
+    /// Slots in [`EVENT_STATE`] minus one (a power of two minus one).
+    pub event_slots_mask: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 56);
+const _: () = assert!(core::mem::size_of::<Settings>() == 72);
 
 /// Packets and bytes seen for one verdict on one CPU.
 #[repr(C)]
@@ -278,8 +293,91 @@ impl Verdict {
     }
 }
 
+/// Drop events: what the program tells the daemon about the packets it drops.
+///
+/// Per source address the program sends at most one event per `Settings::event_interval_ns`
+/// (one second), carrying the drops of that source since its previous event; each CPU sends at
+/// most `Settings::events_per_cpu` events per interval whatever the number of sources, so a
+/// flood from random sources costs the kernel one array read and a few writes per packet, and
+/// the daemon a bounded number of events.
+pub mod events {
+    /// `family` of an IPv4 source (the address in the first four bytes).
+    pub const FAMILY_V4: u32 = 4;
+    /// `family` of an IPv6 source.
+    pub const FAMILY_V6: u32 = 6;
+
+    /// One sampled drop.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DropEvent {
+        /// The source address in network order: IPv4 in the first four bytes, the rest zero.
+        pub addr: [u8; 16],
+        /// [`FAMILY_V4`] or [`FAMILY_V6`].
+        pub family: u32,
+        /// Why the packet was dropped: a [`Verdict`](crate::Verdict) as `u32` (never cast
+        /// back without checking; see `Verdict::from_u32`).
+        pub verdict: u32,
+        /// Packets of this source dropped since its previous event, this one included.
+        /// Approximate: CPUs add to it without atomics.
+        pub packets: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<DropEvent>() == 32);
+
+    /// One source's sampling state in [`EVENT_STATE`](super::EVENT_STATE).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct EventSlot {
+        /// Fingerprint of the source address ([`crate::hash::event_fingerprint`]); 0 is empty.
+        pub fingerprint: u64,
+        /// When its last event was sent (the program's clock, nanoseconds).
+        pub last_ns: u64,
+        /// Drops since then.
+        pub packets: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<EventSlot>() == 24);
+
+    /// One CPU's event budget in [`EVENT_BUDGET`](super::EVENT_BUDGET).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct EventBudget {
+        /// Start of the current interval.
+        pub window_ns: u64,
+        /// Events sent in it.
+        pub sent: u64,
+        /// Events not sent because the budget was spent (the drops are carried to the source's
+        /// next event).
+        pub suppressed: u64,
+        /// Events not sent because the ring buffer was full.
+        pub lost: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<EventBudget>() == 32);
+
+    /// Whether a source whose last event was sent at `last_ns` gets one at `now_ns`.
+    #[inline(always)]
+    pub const fn due(now_ns: u64, last_ns: u64, interval_ns: u64) -> bool {
+        now_ns.wrapping_sub(last_ns) >= interval_ns
+    }
+}
+
+impl Verdict {
+    /// The verdict numbered `n`, if there is one.
+    pub const fn from_u32(n: u32) -> Option<Verdict> {
+        match n {
+            0 => Some(Verdict::Passed),
+            1 => Some(Verdict::Allowlisted),
+            2 => Some(Verdict::DroppedBlocklist),
+            3 => Some(Verdict::DroppedRatelimit),
+            4 => Some(Verdict::Malformed),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::events::DropEvent {}
+    unsafe impl aya::Pod for super::events::EventSlot {}
+    unsafe impl aya::Pod for super::events::EventBudget {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::RateBucket {}
@@ -291,6 +389,26 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::lists::*;
+    use super::{events, Verdict};
+
+    #[test]
+    fn verdicts_round_trip_through_u32() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_u32(v as u32), Some(v));
+        }
+        assert_eq!(Verdict::from_u32(Verdict::COUNT), None);
+    }
+
+    #[test]
+    fn events_are_due_once_per_interval_across_clock_wraps() {
+        let s = 1_000_000_000;
+        assert!(!events::due(5 * s, 5 * s, s));
+        assert!(!events::due(6 * s - 1, 5 * s, s));
+        assert!(events::due(6 * s, 5 * s, s));
+        assert!(events::due(10, u64::MAX - s, s));
+        assert!(!events::due(10, u64::MAX - 5, s));
+    }
+
     use crate::net::{mask_v4, mask_v6};
     use proptest::prelude::*;
 

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Every path ends in [`finish`], which counts the verdict in a per-CPU array, so no path goes
-//! uncounted and no atomics are needed.
+//! uncounted and no atomics are needed. A drop of an IP source is also offered to [`sample`],
+//! which sends the daemon at most one event per source per second through a ring buffer.
 #![no_std]
 #![no_main]
 
@@ -26,13 +27,14 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_F_NO_PREALLOC},
     helpers::bpf_jiffies64,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use gateway_common::{
     hash,
     maps::{
+        events::{self, DropEvent, EventBudget, EventSlot, FAMILY_V4, FAMILY_V6},
         lists::{self, Key4, Key6, ListBucket, ALLOW},
         RateBucket,
     },
@@ -66,6 +68,20 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 #[map]
 static VERDICTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);
+
+/// Sampled drop events for the daemon: 256 KiB, about 6,500 events of 40 bytes with the
+/// ring's header, far more than the per-CPU budget lets the program send per second.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// When each source last got an event: one slot per hash, fixed size, so random sources
+/// replace each other instead of filling a map.
+#[map]
+static EVENT_STATE: Array<EventSlot> = Array::with_max_entries(DEFAULT_ENTRIES, 0);
+
+/// Each CPU's event budget for the current second.
+#[map]
+static EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bounds-checked view of the packet for the shared parser.
 struct Packet<'a>(&'a XdpContext);
@@ -128,18 +144,28 @@ fn decide(ctx: &XdpContext) -> Verdict {
     match source {
         Source::NotIp => Verdict::Passed,
         Source::V4(addr) => {
-            let flags = listed4(settings, u32::from_le_bytes(addr));
-            if let Some(verdict) = list_verdict(flags) {
-                return verdict;
+            let raw = u32::from_le_bytes(addr);
+            let verdict = match list_verdict(listed4(settings, raw)) {
+                Some(verdict) => verdict,
+                None => rate_limit(settings, || rate_key_v4(addr, settings.prefix4)),
+            };
+            if !verdict.passes() {
+                let mut full = [0u8; 16];
+                full[..4].copy_from_slice(&addr);
+                sample(settings, verdict, FAMILY_V4, raw as u64, 0, full);
             }
-            rate_limit(settings, || rate_key_v4(addr, settings.prefix4))
+            verdict
         }
         Source::V6(addr) => {
-            let flags = listed6(settings, &addr);
-            if let Some(verdict) = list_verdict(flags) {
-                return verdict;
+            let verdict = match list_verdict(listed6(settings, &addr)) {
+                Some(verdict) => verdict,
+                None => rate_limit(settings, || rate_key_v6(addr, settings.prefix6)),
+            };
+            if !verdict.passes() {
+                let (hi, lo) = lists::halves(addr);
+                sample(settings, verdict, FAMILY_V6, hi, lo, addr);
             }
-            rate_limit(settings, || rate_key_v6(addr, settings.prefix6))
+            verdict
         }
     }
 }
@@ -330,6 +356,66 @@ fn rate_limit(settings: &Settings, key: impl FnOnce() -> RateKey) -> Verdict {
             Verdict::Passed
         }
         None => Verdict::DroppedRatelimit,
+    }
+}
+
+/// Offers a drop to the daemon: sends a [`DropEvent`] when the source's last one is at least
+/// `event_interval_ns` old and this CPU has budget left this interval; otherwise only counts
+/// the drop in the source's slot, for its next event.
+///
+/// The slot table is direct-mapped: two sources that share a slot take it from each other and
+/// may each get more than one event per interval, which the per-CPU budget bounds. CPUs update
+/// a slot without atomics; a race costs an extra event or a miscounted drop, never a wrong
+/// verdict.
+#[inline(always)]
+fn sample(s: &Settings, verdict: Verdict, family: u32, hi: u64, lo: u64, addr: [u8; 16]) {
+    if s.event_interval_ns == 0 {
+        return;
+    }
+    let fingerprint = hash::event_fingerprint(s.seed, family, hi, lo);
+    let Some(slot) = EVENT_STATE.get_ptr_mut(hash::rate_bucket(fingerprint, s.event_slots_mask))
+    else {
+        return;
+    };
+    // SAFETY: a pointer into the array map's value, valid for the program's run; see above
+    // for what concurrent writers can do.
+    let slot = unsafe { &mut *slot };
+    // SAFETY: as in rate_limit: inlined by the verifier into a load of jiffies.
+    let now = unsafe { bpf_jiffies64() }.wrapping_mul(s.tick_ns);
+    if slot.fingerprint == fingerprint {
+        slot.packets += 1;
+        if !events::due(now, slot.last_ns, s.event_interval_ns) {
+            return;
+        }
+    } else {
+        slot.fingerprint = fingerprint;
+        slot.packets = 1;
+    }
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot; XDP runs with preemption off, so nothing else touches it now.
+    let budget = unsafe { &mut *budget };
+    if events::due(now, budget.window_ns, s.event_interval_ns) {
+        budget.window_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= s.events_per_cpu as u64 {
+        budget.suppressed += 1;
+        return;
+    }
+    let event = DropEvent {
+        addr,
+        family,
+        verdict: verdict as u32,
+        packets: slot.packets,
+    };
+    if EVENTS.output::<DropEvent>(&event, 0).is_ok() {
+        budget.sent += 1;
+        slot.last_ns = now;
+        slot.packets = 0;
+    } else {
+        budget.lost += 1;
     }
 }
 

@@ -56,7 +56,11 @@ pub enum Request {
     /// Drops the override: back to the configured rate limit.
     RateReset,
     RateShow,
-    Stats,
+    /// The counters; with `top`, also the `top` sources the XDP program dropped most.
+    Stats {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top: Option<u32>,
+    },
     /// Reloads the config file the daemon was started with.
     Reload,
 }

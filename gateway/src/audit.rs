@@ -130,6 +130,16 @@ impl Audit {
 
     /// Queues one line.
     pub fn record(&self, line: &Line<'_>) {
+        self.record_json(line);
+    }
+
+    /// Queues one event line: a JSON object whose `type` says what it is (`xdp_drop`,
+    /// `autoban`); request lines have no `type`.
+    pub fn record_event<T: Serialize>(&self, line: &T) {
+        self.record_json(line);
+    }
+
+    fn record_json<T: Serialize + ?Sized>(&self, line: &T) {
         let guard = self.sink.load();
         let Some(sink) = guard.as_ref() else { return };
         let mut bytes = Vec::with_capacity(384);

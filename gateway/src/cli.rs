@@ -44,7 +44,8 @@ enum Command {
         #[arg(value_name = "FILE")]
         config: PathBuf,
     },
-    /// Manage the blocklist: sources dropped in XDP.
+    /// Manage the blocklist: sources dropped in XDP. Entries the auto-ban rules add show with
+    /// origin `auto:RULE`, their reason and expiry, and are removed like any other.
     #[command(subcommand)]
     Block(ListCommand),
     /// Manage the allowlist: sources that bypass the blocklist and the rate limit.
@@ -57,10 +58,15 @@ enum Command {
     /// certificates, limits, the audit output and the XDP rate limit change without dropping
     /// connections; an invalid file is refused and the old config keeps serving.
     Reload,
-    /// Show the XDP verdict counters (summed over CPUs), list sizes and the rate limit.
+    /// Show the XDP verdict counters (summed over CPUs), list sizes and the rate limit; with
+    /// --top N also the N sources the XDP program dropped most, by reason (from its drop
+    /// events, at most one per source per second).
     Stats {
         #[arg(long)]
         json: bool,
+        /// Also list the N sources dropped most (1 to 1024).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        top: Option<u32>,
     },
     /// Print the SHA-256 of an API key, the `sha256` of an `[[auth.providers.NAME.keys]]`
     /// entry. The key is read from standard input (one line), so it stays out of the shell's
@@ -183,8 +189,8 @@ fn run(cli: Cli) -> Result<(), String> {
             print_message(&call(socket, &Request::Reload)?);
             Ok(())
         }
-        Command::Stats { json } => {
-            let data = call(socket, &Request::Stats)?.data;
+        Command::Stats { json, top } => {
+            let data = call(socket, &Request::Stats { top })?.data;
             print_data(&data, json, format_stats);
             Ok(())
         }
@@ -408,7 +414,7 @@ fn format_list(entries: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<43} {:<8} {:<20} {:<12} REASON",
+        "{:<43} {:<14} {:<20} {:<12} REASON",
         "NET", "ORIGIN", "ADDED", "EXPIRES IN"
     );
     for e in entries {
@@ -418,7 +424,7 @@ fn format_list(entries: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<43} {:<8} {:<20} {:<12} {}",
+            "{:<43} {:<14} {:<20} {:<12} {}",
             e["net"].as_str().unwrap_or(""),
             e["origin"].as_str().unwrap_or(""),
             e["added"].as_str().unwrap_or(""),
@@ -440,15 +446,18 @@ fn format_stats(data: &Value) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "XDP: disabled (lists are kept but not enforced)");
+            let _ = writeln!(
+                out,
+                "XDP: disabled (lists are kept but not enforced; the proxy refuses auto-banned clients)"
+            );
         }
     }
     let _ = writeln!(out, "rate limit: {}", format_rate(&data["ratelimit"]));
     let l = &data["lists"];
     let _ = writeln!(
         out,
-        "blocklist: {} IPv4, {} IPv6 entries; allowlist: {} IPv4, {} IPv6 entries",
-        l["block"]["v4"], l["block"]["v6"], l["allow"]["v4"], l["allow"]["v6"]
+        "blocklist: {} IPv4, {} IPv6 entries ({} by auto-ban); allowlist: {} IPv4, {} IPv6 entries",
+        l["block"]["v4"], l["block"]["v6"], l["auto"], l["allow"]["v4"], l["allow"]["v6"]
     );
     if data["verdicts"].is_object() {
         let _ = writeln!(out, "\n{:<20} {:>16} {:>18}", "VERDICT", "PACKETS", "BYTES");
@@ -459,6 +468,32 @@ fn format_stats(data: &Value) -> String {
                 c["bytes"].as_u64().unwrap_or(0),
             );
             let _ = writeln!(out, "{:<20} {packets:>16} {bytes:>18}", verdict.name());
+        }
+    }
+    if let Some(rows) = data["top"].as_array() {
+        let _ = writeln!(out, "\ntop dropped sources (from drop events):");
+        if rows.is_empty() {
+            let _ = writeln!(out, "(none yet)");
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<40} {:<18} {:>12} {:>8}  LAST SEEN",
+                "SOURCE", "REASON", "PACKETS", "EVENTS"
+            );
+        }
+        for r in rows {
+            let packets = match r["error"].as_u64() {
+                Some(e) if e > 0 => format!("~{}", r["packets"]),
+                _ => r["packets"].to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<40} {:<18} {packets:>12} {:>8}  {}",
+                r["source"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or(""),
+                r["events"],
+                r["last_seen"].as_str().unwrap_or("")
+            );
         }
     }
     out

@@ -37,6 +37,8 @@ pub struct Config {
     /// Security headers on responses of routes that do not set their own.
     pub security_headers: crate::proxy::harden::SecurityHeadersConfig,
     pub audit: AuditConfig,
+    /// Rules that put misbehaving clients on the blocklist for a while.
+    pub autoban: crate::autoban::AutobanConfig,
     pub state: StateConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -429,6 +431,33 @@ pub struct XdpConfig {
     /// Level of the messages the XDP program itself logs (through aya-log into our log).
     pub log_level: KernelLogLevel,
     pub ratelimit: RateConfig,
+    /// Drop events from the kernel (audit log, metrics, `gateway stats --top`).
+    pub events: EventsConfig,
+}
+
+/// Drop events: the XDP program reports dropped sources through a ring buffer, at most one
+/// event per source per second.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub enabled: bool,
+    /// Events each CPU sends per second at most, whatever the number of sources; further drops
+    /// are carried over to their source's next event.
+    pub max_per_second: u32,
+    /// Sources whose last event time the kernel keeps (24 bytes each, rounded up to a power of
+    /// two); sources beyond that share slots and may get more than one event per second,
+    /// within `max_per_second`.
+    pub sources: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            max_per_second: 1000,
+            sources: 65_536,
+        }
+    }
 }
 
 impl Default for XdpConfig {
@@ -444,6 +473,7 @@ impl Default for XdpConfig {
             ratelimit_sources: 1_000_000,
             log_level: KernelLogLevel::Off,
             ratelimit: RateConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -661,6 +691,7 @@ impl Config {
     fn validate(&self) -> Result<(), (Vec<String>, String)> {
         self.validate_xdp_and_rest()
             .map_err(|(key, m)| (key.iter().map(|k| k.to_string()).collect(), m))?;
+        self.autoban.validate()?;
         self.validate_proxy()
     }
 
@@ -1075,6 +1106,18 @@ impl Config {
         if let Err((key, message)) = xdp.ratelimit.check() {
             return Err((vec!["xdp", "ratelimit", key], message));
         }
+        if xdp.events.max_per_second == 0 || xdp.events.max_per_second > 1_000_000 {
+            return Err((
+                vec!["xdp", "events", "max_per_second"],
+                format!("{} is not in 1..=1000000", xdp.events.max_per_second),
+            ));
+        }
+        if xdp.events.sources == 0 || xdp.events.sources > 1 << 24 {
+            return Err((
+                vec!["xdp", "events", "sources"],
+                format!("{} is not in 1..={}", xdp.events.sources, 1 << 24),
+            ));
+        }
         if self.state.dir.as_os_str().is_empty() {
             return Err((vec!["state", "dir"], "must not be empty".into()));
         }
@@ -1350,6 +1393,13 @@ mod tests {
             c.admin.metrics_listen,
             Some("127.0.0.1:9901".parse().unwrap())
         );
+        let rule = &c.autoban.rules["bad-credentials"];
+        assert_eq!(rule.on, ["auth_failure"]);
+        assert_eq!(
+            (rule.threshold, rule.prefix_v4, rule.prefix_v6),
+            (20, 32, 128)
+        );
+        assert_eq!(rule.ttl, Duration::from_secs(3600));
         // Every other key the example sets is a default.
         let defaults = Config {
             xdp: XdpConfig {
@@ -1373,6 +1423,10 @@ mod tests {
             admin: AdminConfig {
                 metrics_listen: c.admin.metrics_listen,
                 ..AdminConfig::default()
+            },
+            autoban: crate::autoban::AutobanConfig {
+                rules: c.autoban.rules.clone(),
+                ..Default::default()
             },
             ..Config::default()
         };

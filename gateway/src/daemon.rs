@@ -21,7 +21,9 @@ use tokio::{
 use crate::{
     admin::{Request, Response, MAX_REQUEST},
     audit::{self, Audit},
+    autoban::{self, Ban, HUB},
     config::{Config, LogFormat, RateConfig},
+    drops::{self, Top},
     lists::{self, Capacities, Enforcer, Entry, ListKind, Lists, NoEnforcer},
     metrics::METRICS,
     net,
@@ -42,6 +44,8 @@ struct Core {
     kernel: Option<Kernel>,
     /// The enforcer when XDP is off.
     no_kernel: NoEnforcer,
+    /// The sources the XDP program dropped most, fed by its drop events.
+    top: Arc<Mutex<Top>>,
 }
 
 impl Core {
@@ -61,9 +65,37 @@ impl Core {
     }
 
     fn handle(&mut self, request: Request) -> Response {
-        match self.try_handle(request) {
+        let response = match self.try_handle(request) {
             Ok(response) => response,
             Err(error) => Response::error(error),
+        };
+        // Any change of the lists reaches the proxy's auto-ban check.
+        HUB.sync(&self.lists);
+        response
+    }
+
+    /// Applies bans from the auto-ban rules; returns those that went on the blocklist.
+    fn ban(&mut self, bans: Vec<Ban>) -> Vec<autoban::Applied> {
+        let max = HUB.max_entries();
+        let (lists, enforcer) = self.parts();
+        let result = autoban::apply(lists, enforcer, max, bans);
+        HUB.sync(&self.lists);
+        match result {
+            Ok((applied, skipped)) => {
+                for (ban, why) in skipped {
+                    METRICS
+                        .autoban_skipped
+                        .with_label_values(&[why.name()])
+                        .inc();
+                    tracing::debug!(rule = %ban.rule, net = %net::display(&ban.net), client = %ban.client, skipped = why.name(), "auto-ban not applied");
+                }
+                applied
+            }
+            Err(e) => {
+                METRICS.autoban_skipped.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "auto-ban failed; nothing was banned");
+                Vec::new()
+            }
         }
     }
 
@@ -216,7 +248,7 @@ impl Core {
                 )))
             }
             Request::RateShow => Ok(Response::data(self.rate_json())),
-            Request::Stats => self.stats(),
+            Request::Stats { top } => self.stats(top),
             Request::Reload => Err("reload is handled by the daemon, not the lists".into()),
         }
     }
@@ -249,11 +281,12 @@ impl Core {
         })
     }
 
-    fn stats(&mut self) -> Result<Response, String> {
+    fn stats(&mut self, top: Option<u32>) -> Result<Response, String> {
         let count = |kind: ListKind, v4: bool| self.lists.count(kind, v4);
         let lists = json!({
             "block": {"v4": count(ListKind::Block, true), "v6": count(ListKind::Block, false)},
             "allow": {"v4": count(ListKind::Allow, true), "v6": count(ListKind::Allow, false)},
+            "auto": self.lists.auto_count(),
         });
         let rate = self.rate_json();
         let (xdp, verdicts) = match self.kernel.as_ref() {
@@ -275,9 +308,13 @@ impl Core {
                 (xdp, serde_json::Value::Object(verdicts))
             }
         };
-        Ok(Response::data(
-            json!({"xdp": xdp, "verdicts": verdicts, "lists": lists, "ratelimit": rate}),
-        ))
+        let mut data = json!({"xdp": xdp, "verdicts": verdicts, "lists": lists, "ratelimit": rate});
+        if let Some(n) = top {
+            let n = (n as usize).clamp(1, drops::TOP_CAPACITY);
+            let rows = self.top.lock().unwrap_or_else(|p| p.into_inner()).top(n);
+            data["top"] = serde_json::to_value(rows).map_err(|e| e.to_string())?;
+        }
+        Ok(Response::data(data))
     }
 }
 
@@ -309,6 +346,15 @@ fn xdp_metrics(kernel: &Kernel) -> String {
         "verdict",
         &bytes,
     );
+    if let Ok(events) = kernel.event_counters() {
+        crate::metrics::counter_family(
+            &mut out,
+            "gateway_xdp_drop_events_unsent_total",
+            "Drop events the XDP program did not send: over its per-CPU budget (suppressed; the drops are carried to the source's next event) or with the ring buffer full (lost).",
+            "why",
+            &[("suppressed", events.suppressed), ("lost", events.lost)],
+        );
+    }
     out
 }
 
@@ -370,6 +416,8 @@ struct Reloader {
     audit: Arc<Audit>,
     core: Arc<Mutex<Core>>,
     workers: usize,
+    /// Where the auto-ban rules send their bans.
+    bans: tokio::sync::mpsc::Sender<Ban>,
 }
 
 impl Reloader {
@@ -384,6 +432,7 @@ impl Reloader {
         listeners.apply(&config).await?;
         self.audit.set_output(output)?;
         self.shared.proxy.store(Arc::new(proxy));
+        HUB.configure(&config, self.bans.clone());
         let mut notes = Vec::new();
         {
             let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
@@ -414,6 +463,7 @@ impl Reloader {
             if old.proxy.workers != config.proxy.workers {
                 notes.push("proxy.workers takes effect at restart".into());
             }
+            core.config.autoban = config.autoban.clone();
         }
         for note in &notes {
             tracing::warn!("{note}");
@@ -488,6 +538,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
         lists,
         kernel: None,
         no_kernel: NoEnforcer,
+        top: Arc::new(Mutex::new(Top::new(drops::TOP_CAPACITY))),
     };
     if config.xdp.enabled {
         let interface = config.xdp.interface.clone().unwrap_or_default();
@@ -505,7 +556,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
         tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, "XDP program attached");
         core.kernel = Some(kernel);
     } else {
-        tracing::warn!("XDP is disabled in the config: lists are kept but not enforced");
+        tracing::warn!("XDP is disabled in the config: lists are kept but not enforced (the proxy still refuses auto-banned clients)");
     }
     // Drop anything that expired between loading and now.
     {
@@ -515,11 +566,25 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     // The proxy listens before the admin socket appears, so a ready daemon serves.
     let audit = Arc::new(Audit::default());
     audit.set_output(audit::Output::parse(&config.audit.output))?;
+    let events = match core.kernel.as_mut() {
+        Some(kernel) => kernel.take_events()?,
+        None => None,
+    };
+    if let Some(ring) = events {
+        tokio::spawn(drops::read(ring, core.top.clone(), audit.clone()));
+    }
+    // Auto-ban: the rules count refusals from the proxy's workers and queue bans for
+    // `apply_bans`; the proxy enforces the auto entries too (for clients behind proxies and
+    // with XDP off).
+    HUB.sync(&core.lists);
+    let (ban_tx, ban_rx) = tokio::sync::mpsc::channel(autoban::QUEUE);
+    HUB.configure(&config, ban_tx.clone());
     let workers = Arc::new(Workers::start(config.proxy.workers())?);
     let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len(), None)?);
     let mut listeners = Listeners::new(shared.clone(), workers.clone());
     listeners.apply(&config).await?;
     let core = Arc::new(Mutex::new(core));
+    tokio::spawn(apply_bans(ban_rx, core.clone(), audit.clone()));
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.admin.metrics_listen {
         let listener = crate::metrics::bind(addr).await?;
@@ -537,6 +602,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
         audit: audit.clone(),
         core: core.clone(),
         workers: workers.len(),
+        bans: ban_tx,
     });
     // The socket appears only now, so a client that can connect talks to an enforcing daemon.
     let listener = bind_admin(&config.admin.socket)?;
@@ -605,7 +671,53 @@ fn expire_due(core: &Mutex<Core>) {
     }
     let (lists, enforcer) = core.parts();
     for (kind, entry) in lists.expire(enforcer, now) {
-        tracing::info!(list = kind.name(), net = %net::display(&entry.net), reason = entry.reason.as_deref().unwrap_or(""), "entry expired");
+        tracing::info!(list = kind.name(), net = %net::display(&entry.net), origin = %entry.origin, reason = entry.reason.as_deref().unwrap_or(""), "entry expired");
+    }
+    HUB.sync(&core.lists);
+}
+
+/// An auto-ban, as the audit log records it.
+#[derive(serde::Serialize)]
+struct BanLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    rule: &'a str,
+    net: &'a str,
+    client: &'a str,
+    reason: &'a str,
+    expires: String,
+}
+
+/// Applies the bans the auto-ban rules queue, in batches (one state-file write per batch).
+async fn apply_bans(
+    mut rx: tokio::sync::mpsc::Receiver<Ban>,
+    core: Arc<Mutex<Core>>,
+    audit: Arc<Audit>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, autoban::QUEUE).await > 0 {
+        let bans = std::mem::take(&mut batch);
+        let core = core.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            core.lock().unwrap_or_else(|p| p.into_inner()).ban(bans)
+        })
+        .await
+        .unwrap_or_default();
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        for a in &applied {
+            METRICS.autobans.with_label_values(&[&a.rule]).inc();
+            tracing::warn!(rule = %a.rule, net = %a.net, client = %a.client, reason = %a.reason, expires = %rfc3339(a.expires), "auto-ban: added to the blocklist");
+            audit.record_event(&BanLine {
+                kind: "autoban",
+                time: time.clone(),
+                rule: &a.rule,
+                net: &a.net,
+                client: &a.client,
+                reason: &a.reason,
+                expires: rfc3339(a.expires),
+            });
+        }
     }
 }
 

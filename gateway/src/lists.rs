@@ -11,9 +11,10 @@
 //! never disagree and a failed command changes nothing.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     io::{self, Write as _},
+    net::IpAddr,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -26,6 +27,9 @@ use crate::{config::RateConfig, net};
 
 /// The name of the state file inside the state directory.
 pub const STATE_FILE: &str = "lists.json";
+/// The origin of entries the auto-ban rules add: `auto:RULE`. Origins given through the admin
+/// socket cannot contain `:`, so these are only ever the daemon's own.
+pub const AUTO_ORIGIN: &str = "auto:";
 /// Longest reason kept with an entry.
 pub const MAX_REASON: usize = 256;
 const STATE_VERSION: u32 = 1;
@@ -58,8 +62,15 @@ pub struct Entry {
     pub expires: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Who added it: `cli`, `import`, ...
+    /// Who added it: `cli`, `import`, `auto:RULE` (an auto-ban rule)...
     pub origin: String,
+}
+
+impl Entry {
+    /// The auto-ban rule that added this entry, if one did.
+    pub fn auto_rule(&self) -> Option<&str> {
+        self.origin.strip_prefix(AUTO_ORIGIN)
+    }
 }
 
 /// How many entries each list may hold, per address family (from the config).
@@ -128,6 +139,11 @@ pub struct Lists {
     capacities: Capacities,
     /// IPv4 and IPv6 entries per list: [block v4, block v6, allow v4, allow v6].
     counts: [usize; 4],
+    /// Blocklist entries added by auto-ban rules.
+    auto: HashSet<IpNet>,
+    /// Changes with every change of either list, so views derived from them know when to
+    /// rebuild.
+    generation: u64,
     path: PathBuf,
 }
 
@@ -169,6 +185,8 @@ impl Lists {
             ratelimit: None,
             capacities,
             counts: [0; 4],
+            auto: HashSet::new(),
+            generation: 0,
             path: path.clone(),
         };
         let bytes = match fs::read(&path) {
@@ -263,6 +281,38 @@ impl Lists {
         self.map(kind).get(net)
     }
 
+    /// The entry of `kind` that holds `addr` with the longest prefix of at most `max_len`
+    /// bits, if any: one hash lookup per prefix length.
+    pub fn covering(&self, kind: ListKind, addr: IpAddr, max_len: u8) -> Option<&Entry> {
+        let map = self.map(kind);
+        if map.is_empty() {
+            return None;
+        }
+        let top = match addr {
+            IpAddr::V4(_) => max_len.min(32),
+            IpAddr::V6(_) => max_len.min(128),
+        };
+        (0..=top)
+            .rev()
+            .filter_map(|len| IpNet::new(addr, len).ok())
+            .find_map(|net| map.get(&net.trunc()))
+    }
+
+    /// The blocklist entries auto-ban rules added.
+    pub fn auto_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.auto.iter().filter_map(|net| self.block.get(net))
+    }
+
+    /// How many blocklist entries auto-ban rules added.
+    pub fn auto_count(&self) -> usize {
+        self.auto.len()
+    }
+
+    /// Changes whenever either list changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn map(&self, kind: ListKind) -> &HashMap<IpNet, Entry> {
         match kind {
             ListKind::Block => &self.block,
@@ -280,6 +330,14 @@ impl Lists {
     /// Inserts or replaces, keeping the expiry index right. Returns the replaced entry.
     fn put(&mut self, kind: ListKind, entry: Entry) -> Option<Entry> {
         let (net, expires) = (entry.net, entry.expires);
+        self.generation += 1;
+        if kind == ListKind::Block {
+            if entry.auto_rule().is_some() {
+                self.auto.insert(net);
+            } else {
+                self.auto.remove(&net);
+            }
+        }
         let old = self.map_mut(kind).insert(net, entry);
         if old.is_none() {
             self.counts[Self::count_slot(kind, matches!(net, IpNet::V4(_)))] += 1;
@@ -295,6 +353,10 @@ impl Lists {
 
     fn take(&mut self, kind: ListKind, net: &IpNet) -> Option<Entry> {
         let old = self.map_mut(kind).remove(net)?;
+        self.generation += 1;
+        if kind == ListKind::Block {
+            self.auto.remove(net);
+        }
         self.counts[Self::count_slot(kind, matches!(net, IpNet::V4(_)))] -= 1;
         if let Some(at) = old.expires {
             self.expiry.remove(&(at, kind, *net));
@@ -740,6 +802,50 @@ mod tests {
             fs::write(dir.path().join(STATE_FILE), bad).unwrap();
             assert!(Lists::load(dir.path(), CAPS).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn auto_entries_are_indexed_and_old_state_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        // A state file as the daemon wrote it before auto-bans existed.
+        fs::write(
+            dir.path().join(STATE_FILE),
+            "{\"version\":1,\"block\":[{\"net\":\"198.51.100.0/24\",\"added\":1,\"reason\":\"x\",\"origin\":\"cli\"}],\"allow\":[]}\n",
+        )
+        .unwrap();
+        let mut k = Recorder::default();
+        let (mut lists, _) = Lists::load(dir.path(), CAPS).unwrap();
+        assert_eq!((lists.len(ListKind::Block), lists.auto_count()), (1, 0));
+        let generation = lists.generation();
+        let mut auto = entry("203.0.113.0/24", Some(now_ms() + 60_000));
+        auto.origin = format!("{AUTO_ORIGIN}bad-auth");
+        lists.add(&mut k, ListKind::Block, vec![auto]).unwrap();
+        assert!(lists.generation() > generation);
+        assert_eq!(lists.auto_count(), 1);
+        assert_eq!(
+            lists.auto_entries().next().and_then(Entry::auto_rule),
+            Some("bad-auth")
+        );
+        let addr: IpAddr = "203.0.113.9".parse().unwrap();
+        let found = lists.covering(ListKind::Block, addr, 32).unwrap();
+        assert_eq!(found.net.to_string(), "203.0.113.0/24");
+        assert!(lists.covering(ListKind::Block, addr, 23).is_none());
+        assert!(lists.covering(ListKind::Allow, addr, 32).is_none());
+        // Persisted with its origin; a manual re-add takes it over.
+        let (again, _) = Lists::load(dir.path(), CAPS).unwrap();
+        assert_eq!(again.auto_count(), 1);
+        lists
+            .add(&mut k, ListKind::Block, vec![entry("203.0.113.0/24", None)])
+            .unwrap();
+        assert_eq!(lists.auto_count(), 0);
+        lists
+            .remove(
+                &mut k,
+                ListKind::Block,
+                &[net::parse_net("203.0.113.0/24").unwrap()],
+            )
+            .unwrap();
+        assert_eq!(lists.auto_entries().count(), 0);
     }
 
     #[test]

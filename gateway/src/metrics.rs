@@ -44,6 +44,12 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// JWK set fetches and introspection calls, by provider, kind and result (`ok`, `error`).
     pub auth_fetches: IntCounterVec,
+    /// Clients put on the blocklist by an auto-ban rule, by rule.
+    pub autobans: IntCounterVec,
+    /// Bans not applied, by reason (`allowlisted`, `listed`, `limit`, `queue_full`, `error`).
+    pub autoban_skipped: IntCounterVec,
+    /// Drop events received from the XDP program, by reason (the verdict).
+    pub xdp_drop_events: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -154,6 +160,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "gateway_auth_fetches_total",
             "JWK set fetches and token introspection calls, by provider, kind and result.",
             &["provider", "kind", "result"],
+        ),
+        autobans: counter_vec(
+            "gateway_autobans_total",
+            "Clients put on the blocklist by an auto-ban rule, by rule.",
+            &["rule"],
+        ),
+        autoban_skipped: counter_vec(
+            "gateway_autoban_skipped_total",
+            "Auto-bans not applied, by reason (allowlisted, listed, limit, queue_full, error).",
+            &["reason"],
+        ),
+        xdp_drop_events: counter_vec(
+            "gateway_xdp_drop_events_total",
+            "Sampled drop events received from the XDP program (at most one per source per second), by reason.",
+            &["reason"],
         ),
         registry,
     }

@@ -4,13 +4,14 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
     maps as names,
     maps::{
+        events::EventBudget,
         lists::{self, Key4, Key6, ListBucket},
         RateBucket, RATE_WAYS,
     },
@@ -382,6 +383,7 @@ impl Kernel {
             .map_max_entries(names::LIST4, sizes.list4)
             .map_max_entries(names::LIST6, sizes.list6)
             .map_max_entries(names::RATE_STATE, sizes.rate_buckets)
+            .map_max_entries(names::EVENT_STATE, sizes.event_slots)
             .override_global(aya_log::LEVEL, &level, false)
             .load(PROGRAM)
             .map_err(|e| {
@@ -444,6 +446,13 @@ impl Kernel {
                 seed,
                 list_buckets_mask: sizes.list_buckets - 1,
                 rate_buckets_mask: sizes.rate_buckets - 1,
+                event_interval_ns: if config.events.enabled {
+                    EVENT_INTERVAL_NS
+                } else {
+                    0
+                },
+                events_per_cpu: config.events.max_per_second,
+                event_slots_mask: sizes.event_slots - 1,
                 ..Settings::default()
             },
             attached: None,
@@ -608,6 +617,41 @@ impl Kernel {
         Ok(out)
     }
 
+    /// Takes the drop-event ring buffer, for one reader; `None` when events are off (or it was
+    /// taken already).
+    pub fn take_events(&mut self) -> Result<Option<RingBuf<MapData>>, String> {
+        if self.settings.event_interval_ns == 0 {
+            return Ok(None);
+        }
+        let Some(map) = self.ebpf.take_map(names::EVENTS) else {
+            return Ok(None);
+        };
+        RingBuf::try_from(map)
+            .map(Some)
+            .map_err(|e| map_error(names::EVENTS, e))
+    }
+
+    /// The drop events not sent, summed over CPUs: `suppressed` (budget spent) and `lost`
+    /// (ring buffer full); the other fields are zero.
+    pub fn event_counters(&self) -> Result<EventBudget, String> {
+        let map = self
+            .ebpf
+            .map(names::EVENT_BUDGET)
+            .ok_or_else(|| format!("map {} missing", names::EVENT_BUDGET))?;
+        let budgets: PerCpuArray<&MapData, EventBudget> =
+            PerCpuArray::try_from(map).map_err(|e| map_error(names::EVENT_BUDGET, e))?;
+        let per_cpu = budgets
+            .get(&0, 0)
+            .map_err(|e| map_error(names::EVENT_BUDGET, e))?;
+        let mut sum = EventBudget::default();
+        for b in per_cpu.iter() {
+            // `sent` restarts every second; the daemon counts what it receives instead.
+            sum.suppressed += b.suppressed;
+            sum.lost += b.lost;
+        }
+        Ok(sum)
+    }
+
     /// Sets the `targets4`/`targets6` bits of the target lengths that hold keys.
     fn sync_targets(&mut self) -> Result<(), String> {
         let (targets4, targets6) = self.tables.targets();
@@ -641,12 +685,16 @@ impl Enforcer for Kernel {
     }
 }
 
+/// At most one drop event per source per this many nanoseconds.
+const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
 /// Map sizes derived from the config.
 struct Sizes {
     list_buckets: u32,
     list4: u32,
     list6: u32,
     rate_buckets: u32,
+    event_slots: u32,
 }
 
 impl Sizes {
@@ -681,6 +729,7 @@ impl Sizes {
             list4,
             list6,
             rate_buckets,
+            event_slots: config.events.sources.next_power_of_two(),
         }
     }
 }

@@ -126,11 +126,9 @@ impl Raw {
                     }
                     assert!(self.fill().await, "chunk size cut off");
                 };
-                let size = usize::from_str_radix(
-                    std::str::from_utf8(&self.buf[..line_end]).unwrap(),
-                    16,
-                )
-                .unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).unwrap(), 16)
+                        .unwrap();
                 self.buf.drain(..line_end + 2);
                 while self.buf.len() < size + 2 {
                     assert!(self.fill().await, "chunk cut off");
@@ -201,7 +199,9 @@ impl RawUpstream {
                         .headers
                         .iter()
                         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                        .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+                        .map_or(0, |h| {
+                            std::str::from_utf8(h.value).unwrap().parse().unwrap()
+                        });
                     break (
                         r.method.unwrap().to_string(),
                         r.path.unwrap().to_string(),
@@ -302,7 +302,11 @@ async fn upstream_framings_and_connection_reuse() {
         assert!(r.header("x-request-id").is_some());
         assert!(r.header("date").is_some());
     }
-    assert_eq!(upstream.connections(), 1, "the upstream connection was not reused");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the upstream connection was not reused"
+    );
 
     // Chunked from the upstream (with extensions and trailers): chunked to the client, whole.
     c.write(get("/chunked").as_bytes()).await;
@@ -327,7 +331,8 @@ async fn upstream_framings_and_connection_reuse() {
     c.write(get("/not-modified").as_bytes()).await;
     let r = c.response(false).await.unwrap();
     assert_eq!((r.status, r.header("content-length")), (304, Some("5")));
-    c.write(b"HEAD /anything HTTP/1.1\r\nhost: raw.test\r\n\r\n").await;
+    c.write(b"HEAD /anything HTTP/1.1\r\nhost: raw.test\r\n\r\n")
+        .await;
     let r = c.response(true).await.unwrap();
     assert_eq!((r.status, r.header("content-length")), (200, Some("5")));
 
@@ -361,7 +366,11 @@ async fn upstream_framings_and_connection_reuse() {
         for _ in 0..3 {
             c.write(get("/length").as_bytes()).await;
             let r = c.response(false).await.unwrap();
-            assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]), "after {path}");
+            assert_eq!(
+                (r.status, r.body.as_slice()),
+                (200, &b"hello"[..]),
+                "after {path}"
+            );
         }
     }
     // Immediately after a sneaky close, even a POST (not resent on its own) gets through.
@@ -417,22 +426,29 @@ async fn pipelining_close_and_the_hand_over_to_hyper() {
     // Requests the fast path leaves to hyper, on the same connection, between fast ones: a
     // chunked body, a body over 64 KiB, Expect: 100-continue. Each is answered, in order.
     let large = vec![b'x'; 100_000];
-    let mut chunked = b"POST /chunked HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut chunked =
+        b"POST /chunked HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     chunked.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
-    let mut big = format!("PUT /large HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n", large.len())
-        .into_bytes();
+    let mut big = format!(
+        "PUT /large HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+        large.len()
+    )
+    .into_bytes();
     big.extend_from_slice(&large);
     c.write(&chunked).await;
     let r = c.response(false).await.unwrap();
     assert_eq!((r.status, r.json()["body_bytes"].as_u64()), (200, Some(5)));
-    c.write(b"GET /fast-again HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    c.write(b"GET /fast-again HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await;
     let r = c.response(false).await.unwrap();
     assert_eq!(r.json()["uri"], "/fast-again");
     c.write(&big).await;
     let r = c.response(false).await.unwrap();
     assert_eq!(r.json()["body_bytes"].as_u64(), Some(100_000));
-    c.write(b"POST /expect HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n")
-        .await;
+    c.write(
+        b"POST /expect HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await;
     let r = c.response(false).await.unwrap();
     assert_eq!(r.status, 100);
     c.write(b"abc").await;
@@ -441,17 +457,22 @@ async fn pipelining_close_and_the_hand_over_to_hyper() {
 
     // A body sent in pieces, slowly, is waited for.
     let mut c = Raw::connect(port).await;
-    c.write(b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n01234").await;
+    c.write(b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\n01234")
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.write(b"56789").await;
     let r = c.response(false).await.unwrap();
     assert_eq!(r.json()["body_bytes"].as_u64(), Some(10));
 
     // Connection: close is answered with it, then the connection ends.
-    c.write(b"GET /bye HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
+    c.write(b"GET /bye HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+        .await;
     let r = c.response(false).await.unwrap();
     assert_eq!((r.status, r.header("connection")), (200, Some("close")));
-    assert!(c.closed().await, "the connection stayed open after Connection: close");
+    assert!(
+        c.closed().await,
+        "the connection stayed open after Connection: close"
+    );
 
     // HTTP/1.0 goes to hyper and is answered.
     let mut c = Raw::connect(port).await;
@@ -474,13 +495,17 @@ async fn pipelining_close_and_the_hand_over_to_hyper() {
     assert!(c.closed().await);
     // Bare LF line ends, after a good request, likewise.
     let mut c = Raw::connect(port).await;
-    c.write(b"GET /good HTTP/1.1\r\nhost: a\r\n\r\nGET /lf HTTP/1.1\nhost: a\n\n").await;
+    c.write(b"GET /good HTTP/1.1\r\nhost: a\r\n\r\nGET /lf HTTP/1.1\nhost: a\n\n")
+        .await;
     assert_eq!(c.response(false).await.unwrap().status, 200);
     assert_eq!(c.response(false).await.unwrap().status, 400);
     assert!(c.closed().await);
     // A head over the size limit goes to hyper's 431.
     let mut c = Raw::connect(port).await;
-    let long = format!("GET / HTTP/1.1\r\nhost: a\r\nx-long: {}\r\n\r\n", "y".repeat(100_000));
+    let long = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-long: {}\r\n\r\n",
+        "y".repeat(100_000)
+    );
     c.write(long.as_bytes()).await;
     assert_eq!(c.response(false).await.unwrap().status, 431);
 }

@@ -12,6 +12,8 @@
 //!
 //! ```text
 //!  route match
+//!    -> auto-ban     client banned by a rule     403  before anything else: it was refused
+//!                                                     enough already (crate::autoban)
 //!    -> access       IP allow/deny lists         403  cheapest; a denied network learns nothing
 //!    -> CORS         preflight answered          204  browsers send preflights without credentials
 //!    -> rate limits  keyed by IP, route, header  429  before auth, so floods of bad tokens
@@ -25,6 +27,9 @@
 //!  response: rate-limit headers, security headers, CORS headers
 //!  end of response: metrics and the audit line (subject, decision, rule)
 //! ```
+//!
+//! Every refusal of these phases goes through [`reject`], which also counts it for the
+//! auto-ban rules.
 
 pub mod auth;
 pub mod h1;
@@ -444,7 +449,7 @@ impl Proxy {
             .await;
         let preflight = matches!(admitted, Ok(Admitted::Preflight(_)));
         let mut response = match admitted {
-            Err(rejection) => reject(&route.name, rejection, id, &mut done),
+            Err(rejection) => reject(&route.name, rejection, id, client, &mut done),
             Ok(Admitted::Preflight(headers)) => {
                 let mut response = Response::new(full(Bytes::new()));
                 *response.status_mut() = StatusCode::NO_CONTENT;
@@ -532,6 +537,9 @@ impl Proxy {
         extra: &mut Vec<(HeaderName, String)>,
     ) -> Result<Admitted, Rejection> {
         let s = &route.security;
+        if let Some(banned) = crate::autoban::refusal(client) {
+            return Err(banned);
+        }
         if let Some(v) = &s.validator {
             v.check_access(client)?;
         }
@@ -790,7 +798,7 @@ impl Proxy {
                 Ok(Err(Failure::ClientBody)) => {
                     // The client's body broke (bad chunking, cut off): its fault, not the
                     // target's; and the connection cannot be trusted any more.
-                    return reject(&done.route_name(), bad_body(), f.id, done);
+                    return reject(&done.route_name(), bad_body(), f.id, f.client_ip, done);
                 }
                 Ok(Err(Failure::Upstream { connect, message })) => {
                     pool.report(i, Outcome::Failure);
@@ -1236,10 +1244,18 @@ fn error(
 }
 
 /// The one place a refusal of the security phases becomes a response: the JSON error, the
-/// rejection's headers, the decision and rule in the audit line, and the metrics.
-fn reject(route: &str, r: Rejection, id: &str, done: &mut Done) -> Response<Body> {
+/// rejection's headers, the decision and rule in the audit line, the metrics, and the count
+/// towards the auto-ban rules of `client`.
+fn reject(
+    route: &str,
+    r: Rejection,
+    id: &str,
+    client: std::net::IpAddr,
+    done: &mut Done,
+) -> Response<Body> {
     let phase = r.rule.split(':').next().unwrap_or_default();
     METRICS.rejections.with_label_values(&[route, phase]).inc();
+    crate::autoban::note(client, &r);
     let mut response = error(r.status, r.code, &r.message, id, done);
     if let Some(a) = done.audit.as_mut() {
         a.decision = Some("deny");
