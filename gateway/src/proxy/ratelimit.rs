@@ -135,6 +135,8 @@ pub struct Limit {
     tolerance: u64,
     table: Table,
     rejected: prometheus::IntCounter,
+    /// `"NAME";q=LIMIT;w=SECONDS`, this limit's item of RateLimit-Policy.
+    policy: Arc<str>,
 }
 
 /// The outcome of one check.
@@ -157,7 +159,9 @@ impl Limit {
         };
         let interval = (c.per.as_nanos() / u128::from(c.limit)).max(1) as u64;
         let burst = u64::from(c.burst.unwrap_or(c.limit));
+        let policy = format!("\"{}\";q={};w={}", name, c.limit, c.per.as_secs().max(1)).into();
         Limit {
+            policy,
             rejected: crate::metrics::METRICS
                 .rate_limited
                 .with_label_values(&[route, &name]),
@@ -229,12 +233,7 @@ impl Limit {
 
     /// `"NAME";q=LIMIT;w=SECONDS`, an item of RateLimit-Policy.
     fn policy_item(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.name,
-            self.limit,
-            self.per.as_secs().max(1)
-        )
+        self.policy.to_string()
     }
 }
 
