@@ -127,8 +127,6 @@ impl Key {
 pub struct Limit {
     pub name: Arc<str>,
     pub key: Key,
-    limit: u32,
-    per: Duration,
     /// `per / limit`, in nanoseconds.
     interval: u64,
     /// `burst * interval`: how far ahead of now the TAT may run.
@@ -167,8 +165,6 @@ impl Limit {
                 .with_label_values(&[route, &name]),
             name,
             key: Key::parse(&c.key).expect("validated"),
-            limit: c.limit,
-            per: c.per,
             interval,
             tolerance: interval.saturating_mul(burst),
             table: Table::new(c.max_keys as usize),

@@ -373,7 +373,11 @@ fn respond(
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::None
-        } else if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().last() {
+        } else if let Some(te) = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+        {
             let chunked = te
                 .as_bytes()
                 .rsplit(|&b| b == b',')
