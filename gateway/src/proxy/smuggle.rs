@@ -70,6 +70,8 @@ pub enum Problem {
     BadTe,
     TeInHttp10,
     BareLf,
+    /// RFC 9112 section 3.2: one Host, or the target is ambiguous.
+    DuplicateHost,
     /// What `httparse` said.
     BadHead(&'static str),
     /// What is wrong with the chunk.
@@ -85,6 +87,7 @@ impl Problem {
             Problem::BadCl => "bad_content_length",
             Problem::BadTe | Problem::TeInHttp10 => "bad_transfer_encoding",
             Problem::BareLf => "bare_lf",
+            Problem::DuplicateHost => "duplicate_host",
             Problem::BadHead(_) => "bad_head",
             Problem::BadChunk(_) => "bad_chunk",
         }
@@ -99,6 +102,7 @@ impl Problem {
             Problem::BadTe => "Transfer-Encoding must be exactly one `chunked`".into(),
             Problem::TeInHttp10 => "Transfer-Encoding is not allowed in HTTP/1.0".into(),
             Problem::BareLf => "a line of the request ends in a bare LF".into(),
+            Problem::DuplicateHost => "the request has more than one Host".into(),
             Problem::BadHead(what) => format!("invalid request head: {what}"),
             Problem::BadChunk(what) => format!("invalid chunked body: {what}"),
         }
@@ -282,7 +286,7 @@ impl Scanner {
             }
             prev = b;
         }
-        let (mut lengths, mut codings, mut chunked) = (0u32, 0u32, true);
+        let (mut lengths, mut codings, mut chunked, mut hosts) = (0u32, 0u32, true, 0u32);
         let mut length = Some(0u64);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
@@ -291,9 +295,13 @@ impl Scanner {
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 codings += 1;
                 chunked &= h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            } else if h.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             }
         }
-        let problem = if lengths > 0 && codings > 0 {
+        let problem = if hosts > 1 {
+            Some(Problem::DuplicateHost)
+        } else if lengths > 0 && codings > 0 {
             Some(Problem::TeAndCl)
         } else if lengths > 1 {
             Some(Problem::DuplicateCl)
@@ -876,6 +884,11 @@ mod tests {
         bad(b"GET / HTTP/2.0\r\n\r\n");
         let (_, p) = check(b"GET / HTTP/1.1\r\nX: a\n\r\n");
         assert_eq!(p, Some(Problem::BareLf));
+        refused(
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            0,
+            Problem::DuplicateHost,
+        );
     }
 
     #[test]

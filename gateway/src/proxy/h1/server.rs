@@ -2,8 +2,8 @@
 //! and writes the response, on the connection's own task.
 //!
 //! It takes a request only when it is sure of its framing: HTTP/1.1 in origin form, CRLF line
-//! ends, no Transfer-Encoding, Expect or Upgrade, at most one plain decimal Content-Length of
-//! at most [`MAX_BODY`] bytes. At the first request it does not take (and the ones it cannot
+//! ends, no Transfer-Encoding, Expect or Upgrade, at most one Host, at most one plain decimal
+//! Content-Length of at most [`MAX_BODY`] bytes. At the first request it does not take (and the ones it cannot
 //! even parse), it hands the connection, with every byte it has read and not used, to hyper
 //! and the framing guard, which answer it exactly as they would have from the start.
 
@@ -186,6 +186,7 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     let mut fields: Vec<(HeaderName, (usize, usize))> = Vec::with_capacity(req.headers.len());
     let mut body_len: Option<usize> = None;
     let mut close = false;
+    let mut seen_host = false;
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Unfit;
@@ -211,6 +212,12 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
             || name == header::UPGRADE
         {
             return Parsed::Unfit;
+        } else if name == header::HOST {
+            // Two Hosts: the framing guard refuses them.
+            if seen_host {
+                return Parsed::Unfit;
+            }
+            seen_host = true;
         } else if name == header::CONNECTION {
             if has_token(h.value, "upgrade") {
                 return Parsed::Unfit;
