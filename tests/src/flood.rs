@@ -264,6 +264,26 @@ impl Topology {
         );
     }
 
+    /// Interrupt coalescing on `g0`, as a NIC does it: after a poll, NAPI waits `timeout_ns`
+    /// (up to `defer` times) before it polls again rather than being woken for every handful of
+    /// frames, so polls see batches and the per-wake cost does not swamp the per-packet cost.
+    pub fn coalesce(&self, timeout_ns: u64, defer: u32) {
+        let dir = format!("/sys/class/net/{}", self.g0);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.gw_ns,
+                "sh",
+                "-c",
+                &format!(
+                    "echo {timeout_ns} > {dir}/gro_flush_timeout && echo {defer} > {dir}/napi_defer_hard_irqs"
+                ),
+            ],
+        );
+    }
+
     /// Frames the redirect hop could not hand to `g0` (its receive ring was full).
     pub fn hop_losses(&self) -> u64 {
         ethtool_stats(&self.hop_ns, &self.h0)

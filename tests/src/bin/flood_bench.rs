@@ -38,6 +38,10 @@ const MAX_XDP_VS_NFT: f64 = 0.25;
 /// Where `g0`'s NAPI thread runs; trafgen binds itself to CPU 0.
 const NAPI_CPU: usize = 1;
 const NFT_TABLE: &str = "gwflood";
+/// Interrupt coalescing on the gateway's veth (`Topology::coalesce`): 200 us, as NICs default to
+/// tens to hundreds of microseconds.
+const COALESCE_NS: u64 = 200_000;
+const COALESCE_DEFER: u32 = 100;
 
 #[derive(Parser, Debug)]
 #[command(about = "Legitimate HTTPS traffic under a flood: XDP vs nftables vs nothing")]
@@ -88,31 +92,39 @@ struct Run {
     lost_at_hop: u64,
     rx_cpu_ns: u64,
     flood_seconds: f64,
+    /// The same flood again without the client: what the receive CPU figures come from.
+    alone: Option<Box<Run>>,
 }
 
 impl Run {
-    /// Receive CPU per dropped packet (per received packet without protection), ns, raw.
+    /// Receive CPU per dropped packet (unprotected: per packet received), ns, from the run of
+    /// the flood alone.
     fn ns_per_packet(&self) -> Option<f64> {
-        self.ns_per_packet_net(0.0)
-    }
-
-    /// The same after taking off what the legitimate requests cost the receive path,
-    /// `legit_ns` per request as measured with no flood.
-    fn ns_per_packet_net(&self, legit_ns: f64) -> Option<f64> {
+        let alone = self.alone.as_deref()?;
         let n = if self.case == Case::None {
-            self.received
+            alone.received
         } else {
-            self.dropped
+            alone.dropped
         };
-        let cpu = (self.rx_cpu_ns as f64 - legit_ns * self.legit.ok as f64).max(0.0);
-        (self.sent.is_some() && n > 0).then(|| cpu / n as f64)
+        (n > 0).then(|| alone.rx_cpu_ns as f64 / n as f64)
     }
     fn dropped_per_s(&self) -> f64 {
         self.dropped as f64 / self.flood_seconds.max(1e-9)
     }
-    fn json(&self, legit_ns: f64) -> Value {
+    fn json(&self) -> Value {
+        let alone = self.alone.as_deref().map(|a| {
+            json!({
+                "flood_sent": a.sent.map(|s| s.packets),
+                "flood_seconds": round1(a.flood_seconds),
+                "lost_at_hop": a.lost_at_hop,
+                "received": a.received,
+                "dropped": a.dropped,
+                "dropped_per_s": round1(a.dropped_per_s()),
+                "rx_cpu_s": round3(a.rx_cpu_ns as f64 / 1e9),
+            })
+        });
         json!({
-            "rx_ns_per_dropped_packet_net_of_legit": self.ns_per_packet_net(legit_ns).map(round1),
+            "flood_alone": alone,
             "legit_requests_per_s": round1(self.legit.requests_per_s()),
             "legit_ok": self.legit.ok,
             "legit_failed": self.legit.failed,
@@ -125,7 +137,7 @@ impl Run {
             "dropped": self.dropped,
             "dropped_per_s": round1(self.dropped_per_s()),
             "rx_cpu_s": round3(self.rx_cpu_ns as f64 / 1e9),
-            "rx_ns_per_dropped_packet": self.ns_per_packet().map(round1),
+            "rx_ns_per_dropped_packet_flood_alone": self.ns_per_packet().map(round1),
         })
     }
 }
@@ -176,6 +188,7 @@ fn main() -> Result<()> {
         let _nft = (case == Case::Nftables).then(|| Nft::add(&topo));
         // Attaching or detaching XDP may re-create the NAPI instance, and its thread.
         topo.set_threaded(true);
+        topo.coalesce(COALESCE_NS, COALESCE_DEFER);
         topo.pin_napi(NAPI_CPU);
         let napi = topo.napi_thread().context("g0's NAPI thread")?;
         // Warm-up: the client's TLS sessions, the daemon's first requests.
@@ -186,7 +199,12 @@ fn main() -> Result<()> {
             Duration::ZERO,
             Duration::from_millis(500),
         );
-        let run = measure(&topo, &setup, &pki, case, napi, &opts);
+        let mut run = measure(&topo, &setup, &pki, case, napi, &opts, true);
+        if case != Case::NoFlood {
+            run.alone = Some(Box::new(measure(
+                &topo, &setup, &pki, case, napi, &opts, false,
+            )));
+        }
         drop(daemon);
         eprintln!(
             "  {:.0} req/s, p99 {:?} us; dropped {} of {:?}, {:?} ns/packet",
@@ -208,6 +226,7 @@ fn measure(
     case: Case,
     napi: i32,
     opts: &Options,
+    with_client: bool,
 ) -> Run {
     let seconds = f64::from(opts.duration);
     let dropped = || match case {
@@ -226,6 +245,9 @@ fn measure(
     let (legit, sent) = thread::scope(|s| {
         let pki = pki.clone();
         let client = s.spawn(move || {
+            if !with_client {
+                return Legit::default();
+            }
             flood::legit_client(
                 topo,
                 pki,
@@ -256,6 +278,7 @@ fn measure(
         lost_at_hop: topo.hop_losses() - l0,
         rx_cpu_ns: flood::cpu_ns(napi) - c0,
         flood_seconds,
+        alone: None,
     }
 }
 
@@ -339,13 +362,8 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
         opts.duration,
         opts.connections
     );
-    // What the legitimate requests cost g0's receive path, per request, with no flood.
-    let legit_ns = runs
-        .iter()
-        .find(|r| r.case == Case::NoFlood && r.legit.ok > 0)
-        .map_or(0.0, |r| r.rx_cpu_ns as f64 / r.legit.ok as f64);
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>11} {:>12} {:>9} {:>8} {:>8}",
+        "{:<20} {:>9} {:>9} {:>9} {:>7} {:>11} {:>9} {:>11} {:>12} {:>15} {:>13}",
         "case",
         "req/s",
         "p50",
@@ -355,13 +373,12 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
         "hop lost",
         "dropped",
         "dropped/s",
-        "rx CPU s",
-        "rx ns/p",
-        "net ns/p"
+        "alone: rx CPU s",
+        "rx ns/packet"
     );
     for r in runs {
         println!(
-            "{:<20} {:>9.0} {:>9} {:>9} {:>7} {:>11} {:>9} {:>11} {:>12.0} {:>9.2} {:>8} {:>8}",
+            "{:<20} {:>9.0} {:>9} {:>9} {:>7} {:>11} {:>9} {:>11} {:>12.0} {:>15} {:>13}",
             r.case.name(),
             r.legit.requests_per_s(),
             us(r.legit.percentile_us(0.5)),
@@ -371,13 +388,17 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
             r.lost_at_hop,
             r.dropped,
             r.dropped_per_s(),
-            r.rx_cpu_ns as f64 / 1e9,
+            r.alone
+                .as_deref()
+                .map_or("-".into(), |a| format!("{:.2}", a.rx_cpu_ns as f64 / 1e9)),
             r.ns_per_packet().map_or("-".into(), |n| format!("{n:.0}")),
-            r.ns_per_packet_net(legit_ns)
-                .map_or("-".into(), |n| format!("{n:.0}")),
         );
     }
-    println!("(unprotected: rx ns per packet g0 received; the stack drops or answers them)");
+    println!(
+        "rx ns/packet: CPU time of g0's NAPI thread per dropped packet (unprotected: per packet \
+         received, which the stack then drops or answers), over a second run of the same flood \
+         without the client"
+    );
     let get = |c: Case| {
         runs.iter()
             .find(|r| r.case == c)
@@ -390,7 +411,7 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
         get(Case::Xdp).map_or("-".into(), |n| format!("{n:.0}")),
         get(Case::Nftables).map_or("-".into(), |n| format!("{n:.0}"))
     );
-    let name = "receive CPU per dropped packet (net of legitimate traffic), xdp / nftables";
+    let name = "receive CPU per dropped packet, xdp / nftables";
     println!("\ntargets:");
     println!(
         "  {}  {name}: {} ({detail}; target <= {MAX_XDP_VS_NFT:.2})",
@@ -399,13 +420,13 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
     );
     let cases: serde_json::Map<String, Value> = runs
         .iter()
-        .map(|r| (r.case.name().to_string(), r.json(legit_ns)))
+        .map(|r| (r.case.name().to_string(), r.json()))
         .collect();
     let doc = json!({
         "bench": "flood",
-        "statistic": "one run per case; receive CPU = user + system time of g0's threaded NAPI \
-                      kernel thread over the flood, divided by the packets dropped (unprotected: \
-                      received)",
+        "statistic": "one run per case with the client, then the same flood alone; receive CPU \
+                      = user + system time of g0's threaded NAPI kernel thread over the flood \
+                      alone, divided by the packets dropped (unprotected: received)",
         "parameters": {
             "duration_s": opts.duration,
             "flood_pps": if opts.pps == 0 { Value::from("max") } else { Value::from(opts.pps) },
@@ -419,7 +440,6 @@ fn report(opts: &Options, runs: &[Run], took: Duration) -> Result<()> {
             "cpus": thread::available_parallelism().map(|n| n.get()).ok(),
             "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).ok(),
         },
-        "legit_rx_ns_per_request": round1(legit_ns),
         "cases": cases,
         "targets": {
             "checks": [{
