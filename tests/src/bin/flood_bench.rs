@@ -262,7 +262,7 @@ fn measure(
                 &[Flood::UdpBlocked, Flood::SynBlocked],
                 opts.pps,
                 seconds,
-                &setup.dir.path().to_path_buf(),
+                setup.dir.path(),
             )
         });
         (client.join().expect("client thread"), sent)
