@@ -2,6 +2,7 @@
 //! creates namespaces, veth pairs and real `gateway` daemons; HTTP upstreams, clients and a test
 //! CA for the proxy tests.
 
+pub mod flood;
 pub mod frames;
 pub mod harness;
 pub mod idp;

@@ -1,5 +1,6 @@
 //! `cargo xtask bench ...`: benchmarks, one subcommand per layer.
 
+mod flood;
 mod proxy;
 mod secured;
 
@@ -27,6 +28,9 @@ pub enum Bench {
     /// The reverse proxy: wrk on loopback against a minimal upstream directly, through the
     /// gateway and through nginx, alternating. Writes target/bench/proxy.json.
     Proxy(proxy::Options),
+    /// Flood absorption: a legitimate HTTPS client under a trafgen flood with XDP, with
+    /// nftables and unprotected; receive CPU per dropped packet. Writes target/bench/flood.json.
+    Flood(flood::Options),
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +44,7 @@ pub fn run(opts: Options) -> Result<()> {
     match opts.bench {
         Bench::Xdp(xdp) => bench_xdp(xdp),
         Bench::Proxy(proxy) => proxy::run(proxy),
+        Bench::Flood(flood) => flood::run(flood),
     }
 }
 

@@ -18,6 +18,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "xdp-tools",
     "bpftool",
+    // The flood test: trafgen, and ethtool for the veth settings.
+    "netsniff-ng",
+    "ethtool",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
