@@ -1,6 +1,8 @@
-//! `gateway run`: loads the lists, loads and attaches the XDP program, runs the proxy, serves
-//! the admin socket and the metrics, expires TTL entries, reloads the config on SIGHUP or
-//! `gateway reload`, and on SIGINT or SIGTERM lets requests finish and detaches cleanly.
+//! `gateway run`: loads the lists, loads and attaches the XDP program (adopting the pinned one
+//! of a previous daemon), runs the proxy, serves the admin socket and the metrics, expires TTL
+//! entries, reloads the config on SIGHUP or `gateway reload`, and on SIGINT or SIGTERM lets
+//! requests finish and stops, leaving a pinned XDP program enforcing (`gateway detach` removes
+//! it).
 
 use std::{
     fs,
@@ -218,7 +220,27 @@ impl Core {
             Request::RateShow => Ok(Response::data(self.rate_json())),
             Request::Stats => self.stats(),
             Request::Reload => Err("reload is handled by the daemon, not the lists".into()),
+            Request::Detach => self.detach(),
         }
+    }
+
+    /// `gateway detach`: the program leaves the interface and its pins go; the daemon serves
+    /// on, keeping the lists without enforcing them, until it is restarted.
+    fn detach(&mut self) -> Result<Response, String> {
+        let message = match self.kernel.as_mut() {
+            Some(kernel) => {
+                let message = kernel.detach()?;
+                self.kernel = None;
+                message
+            }
+            // XDP off here: pins a previous daemon left still go.
+            None if self.config.xdp.pin => crate::xdp::detach_pins(&self.config.xdp.pin_dir)?,
+            None => "XDP was not attached".into(),
+        };
+        tracing::warn!("{message} (gateway detach); lists are kept but not enforced until the daemon restarts");
+        Ok(Response::ok(format!(
+            "{message}; the daemon keeps running without XDP until it is restarted"
+        )))
     }
 
     fn apply_rate(&mut self, rate: Option<RateConfig>) -> Result<(), String> {
@@ -268,9 +290,12 @@ impl Core {
                         json!({"packets": c.packets, "bytes": c.bytes}),
                     );
                 }
+                let pinned = kernel.link_pin().map(|p| p.display().to_string());
                 let xdp = match kernel.attached() {
-                    Some((interface, mode)) => json!({"interface": interface, "mode": mode.name()}),
-                    None => json!({"interface": null, "mode": null}),
+                    Some((interface, mode)) => {
+                        json!({"interface": interface, "mode": mode.name(), "pinned": pinned})
+                    }
+                    None => json!({"interface": null, "mode": null, "pinned": null}),
                 };
                 (xdp, serde_json::Value::Object(verdicts))
             }
@@ -491,18 +516,24 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     };
     if config.xdp.enabled {
         let interface = config.xdp.interface.clone().unwrap_or_default();
-        let mut kernel = Kernel::load(&config.xdp)?;
-        if let Some(rate) = core.lists.ratelimit() {
-            kernel.set_rate(rate.settings()?)?;
-        }
-        // Fill the maps before attaching, so no blocked packet slips through at start.
-        for kind in [ListKind::Allow, ListKind::Block] {
-            let nets = core.lists.nets(kind);
-            kernel.insert(kind, &nets)?;
-        }
-        let mode = kernel.attach(&interface, config.xdp.mode)?;
         let (rate, source) = core.rate();
-        tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, "XDP program attached");
+        let mut kernel = if config.xdp.pin {
+            Kernel::load_pinned(&config.xdp, rate.settings()?)?
+        } else {
+            let mut kernel = Kernel::load(&config.xdp)?;
+            kernel.set_rate(rate.settings()?)?;
+            kernel
+        };
+        // Fill the maps before attaching, so no blocked packet slips through at start; pinned
+        // maps a previous daemon left are reconciled in place while its program runs on them.
+        let filled = kernel.fill(
+            &core.lists.nets(ListKind::Allow),
+            &core.lists.nets(ListKind::Block),
+        )?;
+        tracing::info!("{filled}");
+        let mode = kernel.attach(&interface, config.xdp.mode)?;
+        let pinned = kernel.link_pin().map(|p| p.display().to_string());
+        tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, pinned = pinned.as_deref().unwrap_or("no"), "XDP program attached");
         core.kernel = Some(kernel);
     } else {
         tracing::warn!("XDP is disabled in the config: lists are kept but not enforced");
@@ -588,8 +619,18 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut kernel) = core.kernel.take() {
         kernel.flush_logs();
-        kernel.detach();
-        tracing::info!("XDP program detached");
+        match kernel.pin_dir() {
+            // The kernel keeps enforcing the last lists and rate limit; the next daemon
+            // adopts the program without a gap.
+            Some(dir) => tracing::info!(
+                pins = %dir.display(),
+                "XDP program left attached and enforcing (pinned); `gateway detach` removes it"
+            ),
+            None => match kernel.detach() {
+                Ok(message) => tracing::info!("{message}"),
+                Err(e) => tracing::warn!(error = %e, "detach"),
+            },
+        }
     }
     Ok(())
 }
