@@ -2,7 +2,7 @@
 //! of a previous daemon), runs the proxy, serves the admin socket and the metrics, expires TTL
 //! entries, reloads the config on SIGHUP or `gateway reload`, and on SIGINT or SIGTERM lets
 //! requests finish and stops, leaving a pinned XDP program enforcing (`gateway detach` removes
-//! it).
+//! it). Readiness, reloads and stopping are reported to systemd ([`crate::notify`]).
 
 use std::{
     fs,
@@ -450,8 +450,16 @@ impl Reloader {
         Ok(message)
     }
 
+    /// Reloads and logs the outcome; systemd sees RELOADING=1, then READY=1 again.
     async fn reload_logged(&self, trigger: &str) -> Response {
-        match self.reload().await {
+        crate::notify::reloading();
+        let result = self.reload().await;
+        crate::notify::ready(if result.is_ok() {
+            "serving"
+        } else {
+            "serving; the last reload was refused"
+        });
+        match result {
             Ok(message) => {
                 METRICS.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(trigger, "{message}");
@@ -574,6 +582,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let socket_path = config.admin.socket.clone();
     let _socket_guard = RemoveOnDrop(socket_path.clone());
     tracing::info!(socket = %socket_path.display(), "ready");
+    crate::notify::ready("serving");
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -601,6 +610,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
             }
         }
     }
+    crate::notify::stopping();
     let _ = stop_metrics.send(true);
     let deadline = reloader.shared.proxy.load().limits.shutdown_timeout;
     let listeners = std::mem::replace(
