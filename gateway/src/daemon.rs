@@ -581,12 +581,12 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let listener = bind_admin(&config.admin.socket)?;
     let socket_path = config.admin.socket.clone();
     let _socket_guard = RemoveOnDrop(socket_path.clone());
-    tracing::info!(socket = %socket_path.display(), "ready");
-    crate::notify::ready("serving");
-
+    // Handlers first: a SIGHUP right after READY=1 must reload, not kill.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    tracing::info!(socket = %socket_path.display(), "ready");
+    crate::notify::ready("serving");
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
