@@ -1239,8 +1239,10 @@ mod tests {
             ("/", "not an absolute directory"),
             ("/sys/fs/bpf/../gateway", "must not contain `..`"),
         ] {
-            let err = parse(&format!("[xdp]\ninterface = \"eth0\"\npin_dir = \"{dir}\"\n"))
-                .unwrap_err();
+            let err = parse(&format!(
+                "[xdp]\ninterface = \"eth0\"\npin_dir = \"{dir}\"\n"
+            ))
+            .unwrap_err();
             assert!(
                 err.starts_with("gw.toml:3: xdp.pin_dir:") && err.contains(expected),
                 "{dir}: {err}"

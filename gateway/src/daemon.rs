@@ -237,7 +237,9 @@ impl Core {
             None if self.config.xdp.pin => crate::xdp::detach_pins(&self.config.xdp.pin_dir)?,
             None => "XDP was not attached".into(),
         };
-        tracing::warn!("{message} (gateway detach); lists are kept but not enforced until the daemon restarts");
+        tracing::warn!(
+            "{message} (gateway detach); lists are kept but not enforced until the daemon restarts"
+        );
         Ok(Response::ok(format!(
             "{message}; the daemon keeps running without XDP until it is restarted"
         )))

@@ -397,6 +397,32 @@ impl Kernel {
     /// written to SETTINGS at once (the rate limit in force, so the running program never
     /// sees another). Call [`Kernel::fill`] with the lists, then [`Kernel::attach`].
     pub fn load_pinned(config: &XdpConfig, rate: Settings) -> Result<Kernel, String> {
+        Kernel::load_pinned_sized(config, Sizes::of(config), rate)
+    }
+
+    /// [`Kernel::load_pinned`] with a list table of `buckets` buckets (a power of two), as
+    /// [`Kernel::load_with_list_buckets`].
+    #[doc(hidden)]
+    pub fn load_pinned_with_list_buckets(
+        config: &XdpConfig,
+        rate: Settings,
+        buckets: u32,
+    ) -> Result<Kernel, String> {
+        if !buckets.is_power_of_two() {
+            return Err(format!("{buckets} buckets: not a power of two"));
+        }
+        let sizes = Sizes {
+            list_buckets: buckets,
+            ..Sizes::of(config)
+        };
+        Kernel::load_pinned_sized(config, sizes, rate)
+    }
+
+    fn load_pinned_sized(
+        config: &XdpConfig,
+        sizes: Sizes,
+        rate: Settings,
+    ) -> Result<Kernel, String> {
         let dir = config.pin_dir.as_path();
         let mounted = pin::prepare_dir(dir).map_err(|e| error_chain(&e))?;
         if mounted {
@@ -409,7 +435,7 @@ impl Kernel {
                 );
             }
         }
-        let mut kernel = Kernel::load_sized(config, Sizes::of(config), Some((dir, rate)))?;
+        let mut kernel = Kernel::load_sized(config, sizes, Some((dir, rate)))?;
         if let Some(pins) = kernel.pins.as_ref() {
             tracing::info!(
                 dir = %dir.display(),
@@ -475,16 +501,14 @@ impl Kernel {
             }
             plan = Some(found);
         }
-        let mut ebpf = loader
-            .load(PROGRAM)
-            .map_err(|e| {
-                let hint = if unsafe { libc::geteuid() } != 0 {
-                    " (are you root?)"
-                } else {
-                    ""
-                };
-                format!("cannot load the XDP program{hint}: {e}")
-            })?;
+        let mut ebpf = loader.load(PROGRAM).map_err(|e| {
+            let hint = if unsafe { libc::geteuid() } != 0 {
+                " (are you root?)"
+            } else {
+                ""
+            };
+            format!("cannot load the XDP program{hint}: {e}")
+        })?;
         // Kernel-side log records reach our log (and tracing through its log bridge).
         let logger = if level > 0 {
             match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
@@ -650,10 +674,7 @@ impl Kernel {
                         error_chain(e)
                     )
                 };
-                let link = self
-                    .program_mut()
-                    .take_link(id)
-                    .map_err(|e| cannot(&e))?;
+                let link = self.program_mut().take_link(id).map_err(|e| cannot(&e))?;
                 let fd_link = FdLink::try_from(link).map_err(|e| cannot(&e))?;
                 let _ = std::fs::remove_file(&staged);
                 let pinned = fd_link.pin(&staged).map_err(|e| cannot(&e))?;
@@ -677,7 +698,11 @@ impl Kernel {
             }
         };
         // Pins of maps this program no longer has, and a link staged by a crashed start.
-        let keep = self.pins.as_ref().map(|p| p.maps.clone()).unwrap_or_default();
+        let keep = self
+            .pins
+            .as_ref()
+            .map(|p| p.maps.clone())
+            .unwrap_or_default();
         match pin::remove_map_pins(&dir, &keep) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, dir = %dir.display(), "removed stale pins"),
@@ -1038,7 +1063,9 @@ fn interface_index(interface: &str) -> Result<u32, String> {
         .map_err(|_| format!("`{interface}` is not a valid interface name"))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(format!("cannot attach to {interface}: unknown network interface")),
+        0 => Err(format!(
+            "cannot attach to {interface}: unknown network interface"
+        )),
         i => Ok(i),
     }
 }

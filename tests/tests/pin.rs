@@ -94,7 +94,13 @@ fn sigkill_keeps_blocked_sources_blocked_and_a_restart_adopts_without_a_gap() {
         net.add_client_addr(s);
     }
     let daemon = Daemon::start(&net.gw_ns, &setup, &config);
-    setup.ok(&["block", "add", "198.18.0.3", "198.18.0.16/28", "2001:db8::3"]);
+    setup.ok(&[
+        "block",
+        "add",
+        "198.18.0.3",
+        "198.18.0.16/28",
+        "2001:db8::3",
+    ]);
     setup.ok(&["block", "add", "198.18.0.9", "--ttl", "2s"]);
     // The control source: allowlisted, so it passes whatever else happens.
     setup.ok(&["allow", "add", "198.18.0.2"]);
@@ -124,7 +130,11 @@ fn sigkill_keeps_blocked_sources_blocked_and_a_restart_adopts_without_a_gap() {
     }
     let got = rx.collect();
     for blocked in [v4(3), v4(20), v6(3)] {
-        assert_eq!(got.get(&blocked), None, "{blocked} passed with no daemon: {got:?}");
+        assert_eq!(
+            got.get(&blocked),
+            None,
+            "{blocked} passed with no daemon: {got:?}"
+        );
     }
     // Nothing in userspace expires TTLs while no daemon runs: the kernel keeps the entry.
     assert_eq!(got.get(&v4(9)), None, "{got:?}");
@@ -151,7 +161,10 @@ fn sigkill_keeps_blocked_sources_blocked_and_a_restart_adopts_without_a_gap() {
     let sent = stream.finish();
     let got = rx.collect();
     eprintln!("restart took {restart:?}; sent {sent:?} during it; received {got:?}");
-    assert!(sent[0] > 100, "the stream was too slow to test anything: {sent:?}");
+    assert!(
+        sent[0] > 100,
+        "the stream was too slow to test anything: {sent:?}"
+    );
     assert_eq!(
         got.get(&v4(3)),
         None,
@@ -194,7 +207,11 @@ fn sigkill_keeps_blocked_sources_blocked_and_a_restart_adopts_without_a_gap() {
     for blocked in [v4(3), v4(5), v4(20), v6(3)] {
         assert_eq!(got.get(&blocked), None, "{blocked} passed: {got:?}");
     }
-    assert_eq!(got.get(&v4(9)), Some(&10), "stale entry still enforced: {got:?}");
+    assert_eq!(
+        got.get(&v4(9)),
+        Some(&10),
+        "stale entry still enforced: {got:?}"
+    );
     // And the daemon manages them as before.
     setup.ok(&["block", "rm", "198.18.0.3"]);
     net.send(v4(3), 5101, 10, 10);
@@ -222,12 +239,18 @@ fn sigterm_leaves_the_program_enforcing_and_detach_removes_everything() {
     assert_eq!(got.get(&v4(3)), None, "{got:?}");
     assert_eq!(got.get(&v4(2)), Some(&10), "{got:?}");
     let flood = got.get(&v4(6)).copied().unwrap_or(0);
-    assert!((1..=30).contains(&flood), "rate limit not enforced: {got:?}");
+    assert!(
+        (1..=30).contains(&flood),
+        "rate limit not enforced: {got:?}"
+    );
 
     // Without a daemon, detach works on the pins.
     let pins = setup.pin_dir();
     let out = setup.ok(&["detach", "--pin-dir", pins.to_str().unwrap()]);
-    assert!(out.contains("XDP detached") && out.contains("map pins"), "{out}");
+    assert!(
+        out.contains("XDP detached") && out.contains("map pins"),
+        "{out}"
+    );
     assert!(!xdp_attached(&net.gw_ns, &net.gw_if));
     assert!(!pins.exists(), "pins left behind");
     net.send(v4(3), 5102, 10, 10);
@@ -297,7 +320,10 @@ fn new_map_sizes_replace_the_maps_without_a_gap() {
         net.send(s, 5103, 10, 10);
     }
     let got = rx.collect();
-    assert!(got.get(&v4(3)).is_none() && got.get(&v6(3)).is_none(), "{got:?}");
+    assert!(
+        !got.contains_key(&v4(3)) && !got.contains_key(&v6(3)),
+        "{got:?}"
+    );
     // The same sizes again: adopted, nothing recreated.
     drop(daemon);
     let daemon = Daemon::start(&net.gw_ns, &setup, &config);
@@ -345,12 +371,7 @@ fn the_units_capabilities_are_enough() {
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
         .expect("CapabilityBoundingSet in the unit")
         .split_whitespace()
-        .map(|c| {
-            format!(
-                "+{}",
-                c.trim_start_matches("CAP_").to_ascii_lowercase()
-            )
-        })
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
         .collect();
     assert!(caps.contains(&"+bpf".to_string()), "{caps:?}");
     let bounding = format!("-all,{}", caps.join(","));
@@ -374,7 +395,11 @@ fn the_units_capabilities_are_enough() {
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap();
     const CAP_SYS_ADMIN: u32 = 21;
-    assert_eq!(eff & (1 << CAP_SYS_ADMIN), 0, "the daemon still has CAP_SYS_ADMIN");
+    assert_eq!(
+        eff & (1 << CAP_SYS_ADMIN),
+        0,
+        "the daemon still has CAP_SYS_ADMIN"
+    );
     setup.ok(&["block", "add", "198.18.0.3"]);
     daemon.kill();
     let daemon = Daemon::start_wrapped(&net.gw_ns, &setup, &config, &wrapper);
@@ -385,4 +410,148 @@ fn the_units_capabilities_are_enough() {
     let got = rx.collect();
     assert_eq!(got.get(&v4(3)), None, "{got:?}");
     assert_eq!(got.get(&v4(2)), Some(&10), "{got:?}");
+}
+
+/// Reconciliation in the kernel itself, in-process: a list table of 4 buckets (16 slots), so
+/// nearly every key sits in the overflow maps. A first load fills pinned maps with one set of
+/// lists; a second load adopts them and reconciles with another; BPF_PROG_TEST_RUN then shows
+/// the kernel enforcing exactly the second set, and emptying the lists leaves nothing behind.
+#[test]
+fn adoption_reconciles_table_and_overflow_keys_with_the_lists() {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    use gateway::{config::XdpConfig, lists::Enforcer as _, lists::ListKind, xdp::Kernel};
+    use integration_tests::frames;
+
+    let setup = Setup::new();
+    let config = XdpConfig {
+        blocklist_v4_capacity: 1000,
+        blocklist_v6_capacity: 1000,
+        ratelimit_sources: 1000,
+        pin_dir: setup.pin_dir(),
+        ..XdpConfig::default()
+    };
+    let rate = gateway_common::Settings::default();
+    // Deterministic nets of many lengths, overlapping inside 10.0.0.0/12 and 2001:db8::/44.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut net = || {
+        let r = rand();
+        if r % 2 == 0 {
+            let len = [8u8, 12, 16, 20, 23, 24, 28, 30, 32][(r >> 8) as usize % 9];
+            let addr = Ipv4Addr::from(0x0a00_0000 | ((r >> 16) as u32 & 0x000f_ffff));
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new(addr, len).unwrap().trunc())
+        } else {
+            let len = [32u8, 44, 48, 56, 64, 65, 96, 128][(r >> 8) as usize % 8];
+            let addr = Ipv6Addr::from(
+                0x2001_0db8_u128 << 96 | u128::from((r >> 16) & 0xf_ffff) << 64 | u128::from(r),
+            );
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(addr, len).unwrap().trunc())
+        }
+    };
+    let dedup = |v: Vec<ipnet::IpNet>| {
+        let mut v = v;
+        v.sort();
+        v.dedup();
+        v
+    };
+    let block_a = dedup((0..80).map(|_| net()).collect());
+    let allow_a = dedup((0..10).map(|_| net()).collect());
+    // The second set: half of each list kept, the rest new.
+    let block_b = dedup(
+        block_a[..40]
+            .iter()
+            .copied()
+            .chain((0..40).map(|_| net()))
+            .collect(),
+    );
+    let allow_b = dedup(
+        allow_a[..5]
+            .iter()
+            .copied()
+            .chain((0..5).map(|_| net()))
+            .collect(),
+    );
+
+    let mut a = Kernel::load_pinned_with_list_buckets(&config, rate, 4).expect("load (root?)");
+    a.fill(&allow_a, &block_a).unwrap();
+    let (_, overflowed) = a.list_keys();
+    assert!(overflowed > 50, "only {overflowed} keys overflowed");
+    drop(a);
+
+    let mut b = Kernel::load_pinned_with_list_buckets(&config, rate, 4).expect("load (root?)");
+    let summary = b.fill(&allow_b, &block_b).unwrap();
+    assert!(
+        summary.contains("reconciled")
+            && !summary.contains(": 0 keys kept")
+            && !summary.contains(", 0 added")
+            && !summary.contains(", 0 stale removed"),
+        "{summary}"
+    );
+
+    // Probes: the first and last address of every net of both sets.
+    let probes: Vec<IpAddr> = block_a
+        .iter()
+        .chain(&allow_a)
+        .chain(&block_b)
+        .chain(&allow_b)
+        .flat_map(|n| [n.network(), n.broadcast()])
+        .collect();
+    let frame = |src: IpAddr| match src {
+        IpAddr::V4(a) => frames::udp4_frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            &[],
+            a,
+            Ipv4Addr::new(198, 18, 0, 1),
+            9,
+            b"x",
+        ),
+        IpAddr::V6(a) => frames::udp6_frame(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            &[],
+            a,
+            "2001:db8::1".parse().unwrap(),
+            9,
+            b"x",
+        ),
+    };
+    let run = |k: &mut Kernel, src: IpAddr| {
+        k.program_mut()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame(src)),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .expect("test run")
+            .return_value
+    };
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    for src in &probes {
+        let allowed = allow_b.iter().any(|n| n.contains(src));
+        let blocked = block_b.iter().any(|n| n.contains(src));
+        let expected = if blocked && !allowed {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        assert_eq!(
+            run(&mut b, *src),
+            expected,
+            "{src}: allowed {allowed}, blocked {blocked}; {summary}"
+        );
+    }
+    // Nothing stale: with both lists emptied, everything passes.
+    b.remove(ListKind::Block, &block_b).unwrap();
+    b.remove(ListKind::Allow, &allow_b).unwrap();
+    assert_eq!(b.list_keys(), (0, 0));
+    for src in &probes {
+        assert_eq!(run(&mut b, *src), XDP_PASS, "{src} still listed");
+    }
 }

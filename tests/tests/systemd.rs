@@ -21,7 +21,11 @@ fn until(socket: &UnixDatagram, what: &str, within: Duration) -> Vec<String> {
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         socket
-            .set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))
+            .set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))
             .unwrap();
         match socket.recv(&mut buf) {
             Ok(n) => {
@@ -69,13 +73,13 @@ fn readiness_reload_and_stop_are_notified() {
     }
     let mut child = Kill(
         Command::new(gateway_bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn gateway"),
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gateway"),
     );
     let pid = child.0.id();
     // Nothing before READY=1 may claim readiness, and when it comes everything answers.

@@ -101,8 +101,7 @@ fn write(to: &Path, text: &str, mode: u32) -> Result<()> {
 /// The unit of `workspace` with the binary and documentation under `prefix`.
 pub fn unit_for(workspace: &Path, prefix: &Path) -> Result<String> {
     let path = workspace.join("dist/gateway.service");
-    let unit =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let unit = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let prefix = prefix.to_str().context("--prefix is not UTF-8")?;
     Ok(unit
         .replace(
@@ -144,7 +143,10 @@ pub fn install_tree(
         .with_context(|| format!("creating {}", etc.display()))?;
     let example = workspace.join("examples/gateway.toml");
     copy(&example, &etc.join("gateway.toml.example"), 0o600)?;
-    done.push(format!("installed {}", etc.join("gateway.toml.example").display()));
+    done.push(format!(
+        "installed {}",
+        etc.join("gateway.toml.example").display()
+    ));
     let config = etc.join("gateway.toml");
     if config.exists() {
         done.push(format!("kept {} (yours)", config.display()));
@@ -202,7 +204,10 @@ mod tests {
         assert!(unit.contains("ExecReload=/opt/gw/bin/gateway "), "{unit}");
         assert!(!unit.contains("/usr/local/"), "{unit}");
         let example = fs::read(workspace.join("examples/gateway.toml")).unwrap();
-        assert_eq!(fs::read(dest.join("etc/gateway/gateway.toml")).unwrap(), example);
+        assert_eq!(
+            fs::read(dest.join("etc/gateway/gateway.toml")).unwrap(),
+            example
+        );
         // Nothing else: the state and runtime directories are systemd's to create.
         let mut top: Vec<String> = fs::read_dir(&dest)
             .unwrap()
