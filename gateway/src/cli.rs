@@ -34,9 +34,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: load the lists, attach XDP, serve the proxy and the admin socket
-    /// (SIGHUP reloads the config; SIGINT/SIGTERM stop it gracefully). The XDP link and maps are
-    /// pinned (xdp.pin_dir): after the daemon stops or crashes the kernel keeps enforcing the
-    /// last lists and rate limit, and the next daemon adopts the program without a gap.
+    /// (SIGHUP reloads the config; SIGINT/SIGTERM stop it gracefully).
+    ///
+    /// The XDP link and maps are pinned (xdp.pin_dir): after the daemon stops or crashes the
+    /// kernel keeps enforcing the last lists and rate limit, and the next daemon adopts the
+    /// program without a gap, reconciling the maps with the state file. `gateway detach`
+    /// removes the program.
     Run {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -59,9 +62,12 @@ enum Command {
     /// certificates, limits, the audit output and the XDP rate limit change without dropping
     /// connections; an invalid file is refused and the old config keeps serving.
     Reload,
-    /// Detach the XDP program and remove its pins (the link and every map under xdp.pin_dir),
-    /// with or without a running daemon. A running daemon keeps serving without XDP until it is
-    /// restarted; stopping the daemon alone leaves the pinned program enforcing.
+    /// Detach the XDP program and remove its pins (link and maps under xdp.pin_dir).
+    ///
+    /// Works with or without a running daemon: one that answers on the admin socket lets go of
+    /// the program and keeps serving without XDP until it is restarted; otherwise the pinned
+    /// link is detached and the pins removed directly. Stopping the daemon alone leaves the
+    /// pinned program enforcing.
     Detach {
         /// Take the pin directory and the admin socket from this config file.
         #[arg(long, short, value_name = "FILE")]

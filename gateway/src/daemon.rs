@@ -547,6 +547,12 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
         core.kernel = Some(kernel);
     } else {
         tracing::warn!("XDP is disabled in the config: lists are kept but not enforced");
+        if config.xdp.pin && crate::xdp::pinned_link(&config.xdp.pin_dir) {
+            tracing::warn!(
+                pins = %config.xdp.pin_dir.display(),
+                "an XDP program pinned by an earlier daemon is still attached and enforcing the lists as they were then; `gateway detach` removes it"
+            );
+        }
     }
     // Drop anything that expired between loading and now.
     {

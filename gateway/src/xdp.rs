@@ -665,8 +665,7 @@ impl Kernel {
             other => {
                 let (got, id) = self.attach_new(interface, mode)?;
                 let path = dir.join(pin::link_name(got));
-                // Not `.new`: bpffs refuses names with dots (reserved).
-                let staged = dir.join(format!("{}_new", pin::link_name(got)));
+                let staged = dir.join(pin::staged_link_name(pin::link_name(got)));
                 let cannot = |e: &dyn std::error::Error| {
                     format!(
                         "cannot pin the XDP link at {}: {}",
@@ -1068,6 +1067,11 @@ fn interface_index(interface: &str) -> Result<u32, String> {
         )),
         i => Ok(i),
     }
+}
+
+/// Whether an XDP link is pinned under `dir`.
+pub fn pinned_link(dir: &Path) -> bool {
+    matches!(pin::find_link(dir), Ok(Some(_)))
 }
 
 /// Detaches the XDP link pinned under `dir` and removes every pin there, without a daemon

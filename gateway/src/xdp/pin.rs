@@ -42,7 +42,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("{}: not on a bpf filesystem (bpffs), so nothing can be pinned there; mount bpffs there or pick a directory below {BPFFS}", path.display())]
+    #[error("{}: not on a bpf filesystem (bpffs): no pins can live there, and nothing there is touched; use a directory below {BPFFS}", path.display())]
     NotBpffs { path: PathBuf },
     #[error("mounting bpffs at {BPFFS}")]
     Mount {
@@ -228,9 +228,27 @@ pub struct FoundLink {
     pub ifindex: u32,
 }
 
+/// Where a new link is pinned until it replaces the one pinned under `name` (bpffs refuses
+/// dots in names).
+pub fn staged_link_name(name: &str) -> String {
+    format!("{name}_new")
+}
+
 /// The pinned XDP link of `dir`, if any. With both names pinned (a crash between pinning a
-/// new link and removing the old one), the native one.
+/// new link and removing the old one), the native one. A link staged by a daemon that crashed
+/// while moving to another interface is moved into place first, as that daemon would have.
 pub fn find_link(dir: &Path) -> Result<Option<FoundLink>, PinError> {
+    for name in [LINK_NATIVE, LINK_SKB] {
+        let staged = dir.join(staged_link_name(name));
+        if !staged.exists() {
+            continue;
+        }
+        let path = dir.join(name);
+        if path.exists() {
+            detach_link(&path)?;
+        }
+        fs::rename(&staged, &path).map_err(io_error("cannot move the staged link", &staged))?;
+    }
     for (name, mode) in [
         (LINK_NATIVE, AttachedMode::Native),
         (LINK_SKB, AttachedMode::Skb),
@@ -466,9 +484,10 @@ pub fn detach_dir(dir: &Path) -> Result<Detached, PinError> {
         (LINK_NATIVE, AttachedMode::Native),
         (LINK_SKB, AttachedMode::Skb),
     ] {
-        let path = dir.join(name);
-        if path.exists() {
-            done.links.push((mode, detach_link(&path)?));
+        for path in [dir.join(name), dir.join(staged_link_name(name))] {
+            if path.exists() {
+                done.links.push((mode, detach_link(&path)?));
+            }
         }
     }
     done.maps = remove_map_pins(dir, &[])?;
