@@ -386,6 +386,9 @@ fn the_units_capabilities_are_enough() {
     let net = Net::new();
     let setup = Setup::new();
     let config = setup.write_config(&net.gw_if, "", "");
+    // As systemd does at boot: bpffs mounted, which the daemon could not do without
+    // CAP_SYS_ADMIN.
+    gateway::xdp::pin::prepare_dir(&setup.pin_dir()).expect("bpffs at /sys/fs/bpf");
     net.add_client_addr(v4(3));
     let daemon = Daemon::start_wrapped(&net.gw_ns, &setup, &config, &wrapper);
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
