@@ -565,7 +565,10 @@ impl Kernel {
                 dir: dir.to_path_buf(),
                 maps: map_names,
                 snapshot: if adopting {
-                    Some(adopt::Snapshot::read(&tables)?)
+                    Some(adopt::Snapshot::read(
+                        &tables,
+                        &dir.join(names::LIST_TABLE),
+                    )?)
                 } else {
                     None
                 },
@@ -682,8 +685,8 @@ impl Kernel {
                     tracing::warn!(interface, old_ifindex = gone, "the pinned XDP link was on another interface (or one that is gone): detached it from there");
                 }
                 if let Err(e) = std::fs::rename(&staged, &path) {
-                    // Still attached through `staged`, which `gateway detach` removes too.
-                    let _ = pinned;
+                    // Still attached through `staged`, which the next start moves into
+                    // place and `gateway detach` removes.
                     return Err(format!(
                         "cannot rename the pinned link {} to {}: {e}",
                         staged.display(),

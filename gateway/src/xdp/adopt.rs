@@ -8,7 +8,10 @@
 //! inserted. Buckets' overflow counts are recomputed from the overflow maps, which also
 //! repairs a count left wrong by a crash between the two writes of an overflowed insert.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    path::Path,
+};
 
 use gateway_common::maps::lists::{self, Key4, Key6, ListBucket};
 use ipnet::IpNet;
@@ -38,15 +41,19 @@ pub struct Reconciled {
 }
 
 impl Snapshot {
-    /// Reads the table (one lookup per bucket) and both overflow maps.
-    pub(super) fn read(tables: &Tables) -> Result<Snapshot, String> {
+    /// Reads the table (pinned at `table_pin`, in batches) and both overflow maps.
+    pub(super) fn read(tables: &Tables, table_pin: &Path) -> Result<Snapshot, String> {
         let mut buckets = StdHashMap::new();
-        for (index, bucket) in tables.table.iter().enumerate() {
-            let bucket = bucket.map_err(|e| map_error("reading the pinned list table", e))?;
+        let size = std::mem::size_of::<ListBucket>();
+        super::pin::for_each_array_value(table_pin, size, |index, bytes| {
+            // SAFETY: `bytes` holds one ListBucket as the kernel stores it (repr(C), plain
+            // integers, any bit pattern valid).
+            let bucket: ListBucket = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
             if bucket != ListBucket::default() {
-                buckets.insert(index as u32, bucket);
+                buckets.insert(index, bucket);
             }
-        }
+        })
+        .map_err(|e| format!("reading the pinned list table {}: {e}", table_pin.display()))?;
         let mut over4 = StdHashMap::new();
         for item in tables.list4.iter() {
             let (k, v) = item.map_err(|e| map_error("reading the pinned LIST4", e))?;
