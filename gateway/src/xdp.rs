@@ -350,6 +350,9 @@ struct Pins {
     /// The kernel's list maps as they were when adopted, until [`Kernel::fill`] reconciles
     /// them; `None` for maps created by this load.
     snapshot: Option<adopt::Snapshot>,
+    /// The map pins were created by this load: removed again if it never attaches, so a daemon
+    /// that fails to start leaves no pinned maps (and their memory) behind.
+    created: bool,
 }
 
 /// The loaded XDP program and its maps.
@@ -564,6 +567,7 @@ impl Kernel {
             Some((dir, _)) => Some(Pins {
                 dir: dir.to_path_buf(),
                 maps: map_names,
+                created: !adopting,
                 snapshot: if adopting {
                     Some(adopt::Snapshot::read(
                         &tables,
@@ -805,6 +809,15 @@ impl Kernel {
         match &self.attached {
             Some((_, _, LinkHold::Pinned(path))) => Some(path),
             _ => None,
+        }
+    }
+
+    /// Keeps the map pins of this load even if it never attaches (tests that adopt maps in
+    /// process, without an interface).
+    #[doc(hidden)]
+    pub fn keep_pins(&mut self) {
+        if let Some(pins) = self.pins.as_mut() {
+            pins.created = false;
         }
     }
 
@@ -1054,6 +1067,12 @@ impl Drop for Kernel {
         if let Some((_, _, LinkHold::Owned(_))) = &self.attached {
             if let Err(e) = self.detach() {
                 tracing::warn!(error = %e, "detach");
+            }
+        }
+        if let (None, Some(pins)) = (&self.attached, &self.pins) {
+            if pins.created && pins.dir.exists() {
+                let _ = pin::remove_map_pins(&pins.dir, &[]);
+                let _ = std::fs::remove_dir(&pins.dir);
             }
         }
     }

@@ -484,6 +484,8 @@ fn adoption_reconciles_table_and_overflow_keys_with_the_lists() {
     a.fill(&allow_a, &block_a).unwrap();
     let (_, overflowed) = a.list_keys();
     assert!(overflowed > 50, "only {overflowed} keys overflowed");
+    // Never attached: without this the unattached load would remove its pins on drop.
+    a.keep_pins();
     drop(a);
 
     let mut b = Kernel::load_pinned_with_list_buckets(&config, rate, 4).expect("load (root?)");

@@ -622,10 +622,21 @@ fn bad_input_gets_one_line_errors_and_changes_nothing() {
         err.contains("gateway.toml:5: xdp.ratelimit.prefix6"),
         "{err}"
     );
-    std::fs::write(&config, "[xdp]\ninterface = \"nosuchdev0\"\n").unwrap();
+    let pins = setup.pin_dir();
+    setup.ok(&["detach", "--pin-dir", pins.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        format!(
+            "[xdp]\ninterface = \"nosuchdev0\"\npin_dir = \"{}\"\n",
+            pins.display()
+        ),
+    )
+    .unwrap();
     let (code, log) = Daemon::start_fails(&net.gw_ns, &config);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("nosuchdev0"), "{log}");
+    // A daemon that never attached leaves no pinned maps behind.
+    assert!(!pins.exists(), "pins left by a failed start");
 }
 
 #[test]
