@@ -63,6 +63,8 @@ pub enum Request {
     },
     /// Reloads the config file the daemon was started with.
     Reload,
+    /// Detaches the XDP program and removes its pins; the daemon runs on without XDP.
+    Detach,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

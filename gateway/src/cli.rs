@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     admin::{self, Request, Response},
-    config::{Config, DEFAULT_ADMIN_SOCKET},
+    config::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR},
     daemon,
     lists::{self, ListKind},
     net,
@@ -35,6 +35,11 @@ pub struct Cli {
 enum Command {
     /// Run the daemon: load the lists, attach XDP, serve the proxy and the admin socket
     /// (SIGHUP reloads the config; SIGINT/SIGTERM stop it gracefully).
+    ///
+    /// The XDP link and maps are pinned (xdp.pin_dir): after the daemon stops or crashes the
+    /// kernel keeps enforcing the last lists and rate limit, and the next daemon adopts the
+    /// program without a gap, reconciling the maps with the state file. `gateway detach`
+    /// removes the program.
     Run {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -58,6 +63,21 @@ enum Command {
     /// certificates, limits, the audit output and the XDP rate limit change without dropping
     /// connections; an invalid file is refused and the old config keeps serving.
     Reload,
+    /// Detach the XDP program and remove its pins (link and maps under xdp.pin_dir).
+    ///
+    /// Works with or without a running daemon: one that answers on the admin socket lets go of
+    /// the program and keeps serving without XDP until it is restarted; otherwise the pinned
+    /// link is detached and the pins removed directly. Stopping the daemon alone leaves the
+    /// pinned program enforcing.
+    Detach {
+        /// Take the pin directory and the admin socket from this config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The pin directory when no daemon answers [default: /sys/fs/bpf/gateway, or
+        /// xdp.pin_dir of --config].
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+    },
     /// Show the XDP verdict counters (summed over CPUs), list sizes and the rate limit; with
     /// --top N also the N sources the XDP program dropped most, by reason (from its drop
     /// events, at most one per source per second).
@@ -195,7 +215,29 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::HashKey { generate } => hash_key(generate),
+        Command::Detach { config, pin_dir } => detach(socket, config.as_deref(), pin_dir),
     }
+}
+
+/// `gateway detach`: through the daemon when one answers (it holds the link), else directly
+/// on the pins.
+fn detach(socket: &Path, config: Option<&Path>, pin_dir: Option<PathBuf>) -> Result<(), String> {
+    let (socket, dir) = match config {
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| e.to_string())?;
+            (config.admin.socket, config.xdp.pin_dir)
+        }
+        None => (
+            socket.to_path_buf(),
+            pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        ),
+    };
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        print_message(&call(&socket, &Request::Detach)?);
+        return Ok(());
+    }
+    println!("{}", crate::xdp::detach_pins(&dir)?);
+    Ok(())
 }
 
 fn hash_key(generate: bool) -> Result<(), String> {
@@ -439,9 +481,13 @@ fn format_stats(data: &Value) -> String {
     let mut out = String::new();
     match data["xdp"]["interface"].as_str() {
         Some(interface) => {
+            let pinned = match data["xdp"]["pinned"].as_str() {
+                Some(path) => format!(", pinned at {path}"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "XDP: attached to {interface} ({} mode)",
+                "XDP: attached to {interface} ({} mode{pinned})",
                 data["xdp"]["mode"].as_str().unwrap_or("?")
             );
         }

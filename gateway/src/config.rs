@@ -18,6 +18,8 @@ use serde::Deserialize;
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/gateway/admin.sock";
 /// Where the daemon keeps its lists unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+/// Where the XDP link and maps are pinned (bpffs) unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 /// Largest capacity accepted for a single list or the rate-limit table.
 pub const MAX_CAPACITY: u32 = 100_000_000;
 
@@ -430,6 +432,12 @@ pub struct XdpConfig {
     pub ratelimit_sources: u32,
     /// Level of the messages the XDP program itself logs (through aya-log into our log).
     pub log_level: KernelLogLevel,
+    /// Pin the XDP link and every map under [`XdpConfig::pin_dir`], so the program keeps
+    /// enforcing while no daemon runs and the next daemon adopts it without a gap. Off: the
+    /// program is detached when the daemon stops.
+    pub pin: bool,
+    /// The bpffs directory of the pins (bpffs is mounted at /sys/fs/bpf when missing).
+    pub pin_dir: PathBuf,
     pub ratelimit: RateConfig,
     /// Drop events from the kernel (audit log, metrics, `gateway stats --top`).
     pub events: EventsConfig,
@@ -472,6 +480,8 @@ impl Default for XdpConfig {
             allowlist_v6_capacity: 65_536,
             ratelimit_sources: 1_000_000,
             log_level: KernelLogLevel::Off,
+            pin: true,
+            pin_dir: DEFAULT_PIN_DIR.into(),
             ratelimit: RateConfig::default(),
             events: EventsConfig::default(),
         }
@@ -1103,6 +1113,27 @@ impl Config {
                 ));
             }
         }
+        if xdp.pin {
+            let dir = &xdp.pin_dir;
+            if !dir.is_absolute() || dir.parent().is_none() {
+                return Err((
+                    vec!["xdp", "pin_dir"],
+                    format!(
+                        "`{}` is not an absolute directory below / (e.g. {DEFAULT_PIN_DIR})",
+                        dir.display()
+                    ),
+                ));
+            }
+            if dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err((
+                    vec!["xdp", "pin_dir"],
+                    format!("`{}` must not contain `..`", dir.display()),
+                ));
+            }
+        }
         if let Err((key, message)) = xdp.ratelimit.check() {
             return Err((vec!["xdp", "ratelimit", key], message));
         }
@@ -1240,6 +1271,29 @@ mod tests {
         assert!(!c.xdp.ratelimit.settings().unwrap().rate_limited());
         let c = parse("[xdp]\nenabled = false\n").unwrap();
         assert!(!c.xdp.enabled);
+        assert!(c.xdp.pin);
+        assert_eq!(c.xdp.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn pin_dir_must_be_absolute_without_dot_dot() {
+        for (dir, expected) in [
+            ("bpf/gateway", "not an absolute directory"),
+            ("/", "not an absolute directory"),
+            ("/sys/fs/bpf/../gateway", "must not contain `..`"),
+        ] {
+            let err = parse(&format!(
+                "[xdp]\ninterface = \"eth0\"\npin_dir = \"{dir}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.starts_with("gw.toml:3: xdp.pin_dir:") && err.contains(expected),
+                "{dir}: {err}"
+            );
+        }
+        // Not pinning: the directory does not matter.
+        let c = parse("[xdp]\ninterface = \"eth0\"\npin = false\npin_dir = \"x\"\n").unwrap();
+        assert!(!c.xdp.pin);
     }
 
     #[test]

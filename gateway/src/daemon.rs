@@ -1,6 +1,8 @@
-//! `gateway run`: loads the lists, loads and attaches the XDP program, runs the proxy, serves
-//! the admin socket and the metrics, expires TTL entries, reloads the config on SIGHUP or
-//! `gateway reload`, and on SIGINT or SIGTERM lets requests finish and detaches cleanly.
+//! `gateway run`: loads the lists, loads and attaches the XDP program (adopting the pinned one
+//! of a previous daemon), runs the proxy, serves the admin socket and the metrics, expires TTL
+//! entries, reloads the config on SIGHUP or `gateway reload`, and on SIGINT or SIGTERM lets
+//! requests finish and stops, leaving a pinned XDP program enforcing (`gateway detach` removes
+//! it). Readiness, reloads and stopping are reported to systemd ([`crate::notify`]).
 
 use std::{
     fs,
@@ -250,7 +252,29 @@ impl Core {
             Request::RateShow => Ok(Response::data(self.rate_json())),
             Request::Stats { top } => self.stats(top),
             Request::Reload => Err("reload is handled by the daemon, not the lists".into()),
+            Request::Detach => self.detach(),
         }
+    }
+
+    /// `gateway detach`: the program leaves the interface and its pins go; the daemon serves
+    /// on, keeping the lists without enforcing them, until it is restarted.
+    fn detach(&mut self) -> Result<Response, String> {
+        let message = match self.kernel.as_mut() {
+            Some(kernel) => {
+                let message = kernel.detach()?;
+                self.kernel = None;
+                message
+            }
+            // XDP off here: pins a previous daemon left still go.
+            None if self.config.xdp.pin => crate::xdp::detach_pins(&self.config.xdp.pin_dir)?,
+            None => "XDP was not attached".into(),
+        };
+        tracing::warn!(
+            "{message} (gateway detach); lists are kept but not enforced until the daemon restarts"
+        );
+        Ok(Response::ok(format!(
+            "{message}; the daemon keeps running without XDP until it is restarted"
+        )))
     }
 
     fn apply_rate(&mut self, rate: Option<RateConfig>) -> Result<(), String> {
@@ -301,9 +325,12 @@ impl Core {
                         json!({"packets": c.packets, "bytes": c.bytes}),
                     );
                 }
+                let pinned = kernel.link_pin().map(|p| p.display().to_string());
                 let xdp = match kernel.attached() {
-                    Some((interface, mode)) => json!({"interface": interface, "mode": mode.name()}),
-                    None => json!({"interface": null, "mode": null}),
+                    Some((interface, mode)) => {
+                        json!({"interface": interface, "mode": mode.name(), "pinned": pinned})
+                    }
+                    None => json!({"interface": null, "mode": null, "pinned": null}),
                 };
                 (xdp, serde_json::Value::Object(verdicts))
             }
@@ -475,8 +502,16 @@ impl Reloader {
         Ok(message)
     }
 
+    /// Reloads and logs the outcome; systemd sees RELOADING=1, then READY=1 again.
     async fn reload_logged(&self, trigger: &str) -> Response {
-        match self.reload().await {
+        crate::notify::reloading();
+        let result = self.reload().await;
+        crate::notify::ready(if result.is_ok() {
+            "serving"
+        } else {
+            "serving; the last reload was refused"
+        });
+        match result {
             Ok(message) => {
                 METRICS.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(trigger, "{message}");
@@ -542,21 +577,33 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     };
     if config.xdp.enabled {
         let interface = config.xdp.interface.clone().unwrap_or_default();
-        let mut kernel = Kernel::load(&config.xdp)?;
-        if let Some(rate) = core.lists.ratelimit() {
-            kernel.set_rate(rate.settings()?)?;
-        }
-        // Fill the maps before attaching, so no blocked packet slips through at start.
-        for kind in [ListKind::Allow, ListKind::Block] {
-            let nets = core.lists.nets(kind);
-            kernel.insert(kind, &nets)?;
-        }
-        let mode = kernel.attach(&interface, config.xdp.mode)?;
         let (rate, source) = core.rate();
-        tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, "XDP program attached");
+        let mut kernel = if config.xdp.pin {
+            Kernel::load_pinned(&config.xdp, rate.settings()?)?
+        } else {
+            let mut kernel = Kernel::load(&config.xdp)?;
+            kernel.set_rate(rate.settings()?)?;
+            kernel
+        };
+        // Fill the maps before attaching, so no blocked packet slips through at start; pinned
+        // maps a previous daemon left are reconciled in place while its program runs on them.
+        let filled = kernel.fill(
+            &core.lists.nets(ListKind::Allow),
+            &core.lists.nets(ListKind::Block),
+        )?;
+        tracing::info!("{filled}");
+        let mode = kernel.attach(&interface, config.xdp.mode)?;
+        let pinned = kernel.link_pin().map(|p| p.display().to_string());
+        tracing::info!(interface = %interface, mode = mode.name(), ratelimit = %rate, ratelimit_source = source, pinned = pinned.as_deref().unwrap_or("no"), "XDP program attached");
         core.kernel = Some(kernel);
     } else {
         tracing::warn!("XDP is disabled in the config: lists are kept but not enforced (the proxy still refuses auto-banned clients)");
+        if config.xdp.pin && crate::xdp::pinned_link(&config.xdp.pin_dir) {
+            tracing::warn!(
+                pins = %config.xdp.pin_dir.display(),
+                "an XDP program pinned by an earlier daemon is still attached and enforcing the lists as they were then; `gateway detach` removes it"
+            );
+        }
     }
     // Drop anything that expired between loading and now.
     {
@@ -608,11 +655,12 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let listener = bind_admin(&config.admin.socket)?;
     let socket_path = config.admin.socket.clone();
     let _socket_guard = RemoveOnDrop(socket_path.clone());
-    tracing::info!(socket = %socket_path.display(), "ready");
-
+    // Handlers first: a SIGHUP right after READY=1 must reload, not kill.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    tracing::info!(socket = %socket_path.display(), "ready");
+    crate::notify::ready("serving");
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -636,6 +684,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
             }
         }
     }
+    crate::notify::stopping();
     let _ = stop_metrics.send(true);
     let deadline = reloader.shared.proxy.load().limits.shutdown_timeout;
     let listeners = std::mem::replace(
@@ -654,8 +703,18 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(mut kernel) = core.kernel.take() {
         kernel.flush_logs();
-        kernel.detach();
-        tracing::info!("XDP program detached");
+        match kernel.pin_dir() {
+            // The kernel keeps enforcing the last lists and rate limit; the next daemon
+            // adopts the program without a gap.
+            Some(dir) => tracing::info!(
+                pins = %dir.display(),
+                "XDP program left attached and enforcing (pinned); `gateway detach` removes it"
+            ),
+            None => match kernel.detach() {
+                Ok(message) => tracing::info!("{message}"),
+                Err(e) => tracing::warn!(error = %e, "detach"),
+            },
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`metrics`]: Prometheus metrics and the HTTP listener that serves them.
 //! - [`admin`]: the local admin socket the CLI talks to, and its protocol.
 //! - [`daemon`]: `gateway run`, tying the above together.
+//! - [`notify`]: readiness, reloads and stopping reported to systemd (`Type=notify`).
 //! - [`cli`]: the `gateway` command line.
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod drops;
 pub mod lists;
 pub mod metrics;
 pub mod net;
+pub mod notify;
 pub mod proxy;
 pub mod tls;
 pub mod xdp;

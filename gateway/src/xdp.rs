@@ -1,11 +1,23 @@
 //! The XDP layer from userspace: loading the program with map sizes from the config, attaching
-//! it, and keeping its maps in step with the lists and the rate limit.
+//! it, and keeping its maps in step with the lists and the rate limit. With pinning
+//! ([`Kernel::load_pinned`]) the link and maps outlive the daemon ([`pin`]) and the next daemon
+//! adopts them ([`adopt`]).
 
-use std::collections::HashMap as StdHashMap;
+mod adopt;
+pub mod pin;
+
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use gateway_common::{
@@ -323,6 +335,27 @@ impl AttachedMode {
     }
 }
 
+/// How the daemon holds the link it attached.
+enum LinkHold {
+    /// Owned by the program: detached when the daemon stops.
+    Owned(XdpLinkId),
+    /// Pinned at this path: stays attached until `gateway detach`.
+    Pinned(PathBuf),
+}
+
+/// The pin directory of a pinned [`Kernel`], and what was found there at load.
+struct Pins {
+    dir: PathBuf,
+    /// The regular maps of the program, pinned under their names.
+    maps: Vec<String>,
+    /// The kernel's list maps as they were when adopted, until [`Kernel::fill`] reconciles
+    /// them; `None` for maps created by this load.
+    snapshot: Option<adopt::Snapshot>,
+    /// The map pins were created by this load: removed again if it never attaches, so a daemon
+    /// that fails to start leaves no pinned maps (and their memory) behind.
+    created: bool,
+}
+
 /// The loaded XDP program and its maps.
 pub struct Kernel {
     ebpf: Ebpf,
@@ -332,8 +365,9 @@ pub struct Kernel {
     /// What the SETTINGS map holds.
     settings: Settings,
     /// Interface, mode and link while attached.
-    attached: Option<(String, AttachedMode, XdpLinkId)>,
+    attached: Option<(String, AttachedMode, LinkHold)>,
     logger: Option<aya_log::EbpfLogger<KernelLog>>,
+    pins: Option<Pins>,
 }
 
 fn map_error(what: &str, e: MapError) -> String {
@@ -357,7 +391,65 @@ impl Kernel {
     /// Loads (but does not attach) the program with map sizes from `config`. Needs CAP_BPF
     /// (root).
     pub fn load(config: &XdpConfig) -> Result<Kernel, String> {
-        Kernel::load_sized(config, Sizes::of(config))
+        Kernel::load_sized(config, Sizes::of(config), None)
+    }
+
+    /// Loads the program on the maps pinned under `config.pin_dir`, pinning them first when
+    /// none are (bpffs is mounted at /sys/fs/bpf when missing). Pinned maps whose sizes or
+    /// layout do not fit this program and config are replaced by new ones, said in the log;
+    /// the program attached until [`Kernel::attach`] keeps its old maps until then. `rate` is
+    /// written to SETTINGS at once (the rate limit in force, so the running program never
+    /// sees another). Call [`Kernel::fill`] with the lists, then [`Kernel::attach`].
+    pub fn load_pinned(config: &XdpConfig, rate: Settings) -> Result<Kernel, String> {
+        Kernel::load_pinned_sized(config, Sizes::of(config), rate)
+    }
+
+    /// [`Kernel::load_pinned`] with a list table of `buckets` buckets (a power of two), as
+    /// [`Kernel::load_with_list_buckets`].
+    #[doc(hidden)]
+    pub fn load_pinned_with_list_buckets(
+        config: &XdpConfig,
+        rate: Settings,
+        buckets: u32,
+    ) -> Result<Kernel, String> {
+        if !buckets.is_power_of_two() {
+            return Err(format!("{buckets} buckets: not a power of two"));
+        }
+        let sizes = Sizes {
+            list_buckets: buckets,
+            ..Sizes::of(config)
+        };
+        Kernel::load_pinned_sized(config, sizes, rate)
+    }
+
+    fn load_pinned_sized(
+        config: &XdpConfig,
+        sizes: Sizes,
+        rate: Settings,
+    ) -> Result<Kernel, String> {
+        let dir = config.pin_dir.as_path();
+        let mounted = pin::prepare_dir(dir).map_err(|e| error_chain(&e))?;
+        if mounted {
+            tracing::info!(path = pin::BPFFS, "bpffs was not mounted; mounted it");
+            if pin::private_mount_namespace() == Some(true) {
+                tracing::warn!(
+                    path = pin::BPFFS,
+                    "this bpffs is mounted in a private mount namespace: the pins end with it, so the XDP program is detached when the daemon stops; mount bpffs at {} on the host (systemd does at boot) to keep enforcing across restarts",
+                    pin::BPFFS
+                );
+            }
+        }
+        let mut kernel = Kernel::load_sized(config, sizes, Some((dir, rate)))?;
+        if let Some(pins) = kernel.pins.as_ref() {
+            tracing::info!(
+                dir = %dir.display(),
+                maps = pins.maps.len(),
+                adopted = pins.snapshot.is_some(),
+                "XDP maps pinned"
+            );
+        }
+        kernel.set_rate(rate)?;
+        Ok(kernel)
     }
 
     /// [`Kernel::load`] with a list table of `buckets` buckets (a power of two), whatever the
@@ -373,27 +465,54 @@ impl Kernel {
                 list_buckets: buckets,
                 ..Sizes::of(config)
             },
+            None,
         )
     }
 
-    fn load_sized(config: &XdpConfig, sizes: Sizes) -> Result<Kernel, String> {
+    fn load_sized(
+        config: &XdpConfig,
+        sizes: Sizes,
+        pinned: Option<(&Path, Settings)>,
+    ) -> Result<Kernel, String> {
         let level = config.log_level.aya_level();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::LIST_TABLE, sizes.list_buckets)
-            .map_max_entries(names::LIST4, sizes.list4)
-            .map_max_entries(names::LIST6, sizes.list6)
-            .map_max_entries(names::RATE_STATE, sizes.rate_buckets)
-            .map_max_entries(names::EVENT_STATE, sizes.event_slots)
-            .override_global(aya_log::LEVEL, &level, false)
-            .load(PROGRAM)
-            .map_err(|e| {
-                let hint = if unsafe { libc::geteuid() } != 0 {
-                    " (are you root?)"
-                } else {
-                    ""
-                };
-                format!("cannot load the XDP program{hint}: {e}")
-            })?;
+        let mut loader = EbpfLoader::new();
+        for (name, max_entries) in sizes.by_map() {
+            loader.map_max_entries(name, max_entries);
+        }
+        loader.override_global(aya_log::LEVEL, &level, false);
+        let object;
+        let mut plan = None;
+        let mut map_names = Vec::new();
+        if let Some((dir, _)) = pinned {
+            object = aya_obj::Object::parse(PROGRAM)
+                .map_err(|e| format!("cannot parse the XDP object: {e}"))?;
+            let found = pin::plan_maps(dir, &object, &sizes.by_map(), CORE_MAPS)
+                .map_err(|e| error_chain(&e))?;
+            map_names = pin::map_names(&object);
+            if let pin::MapPlan::Recreate(reasons) = &found {
+                // The program attached now keeps its maps (it holds them) until attach()
+                // swaps this one in; the pins are replaced now, so a crash from here on
+                // leaves pins this config fits, which the next start fills from the state.
+                tracing::warn!(
+                    dir = %dir.display(),
+                    reasons = %reasons.join("; "),
+                    "the pinned XDP maps do not fit this program and config: creating new maps and refilling them from the state file (rate-limit state and verdict counters start over); the attached program keeps enforcing on the old maps until the new program replaces it"
+                );
+                pin::remove_map_pins(dir, &[]).map_err(|e| error_chain(&e))?;
+            }
+            for name in &map_names {
+                loader.map_pin_path(name.as_str(), dir.join(name));
+            }
+            plan = Some(found);
+        }
+        let mut ebpf = loader.load(PROGRAM).map_err(|e| {
+            let hint = if unsafe { libc::geteuid() } != 0 {
+                " (are you root?)"
+            } else {
+                ""
+            };
+            format!("cannot load the XDP program{hint}: {e}")
+        })?;
         // Kernel-side log records reach our log (and tracing through its log bridge).
         let logger = if level > 0 {
             match aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLog) {
@@ -415,7 +534,25 @@ impl Kernel {
                 .ok_or_else(|| format!("map {name} missing from the XDP object"))?;
             T::try_from(map).map_err(|e| format!("map {name}: {e}"))
         }
-        let seed = random_seed()?;
+        let settings_map: Array<MapData, Settings> = take(&mut ebpf, names::SETTINGS)?;
+        let adopting = plan == Some(pin::MapPlan::Adopt);
+        // Adopted maps keep the seed their keys were stored with, and the target lengths the
+        // running program looks up until fill() has reconciled the lists.
+        let previous = if adopting {
+            settings_map
+                .get(&0, 0)
+                .map_err(|e| map_error("reading the pinned SETTINGS", e))?
+        } else {
+            Settings::default()
+        };
+        let initialised = previous.seed != 0
+            && previous.list_buckets_mask == sizes.list_buckets - 1
+            && previous.rate_buckets_mask == sizes.rate_buckets - 1;
+        let seed = if initialised {
+            previous.seed
+        } else {
+            random_seed()?
+        };
         let tables = Tables {
             table: take(&mut ebpf, names::LIST_TABLE)?,
             list4: take(&mut ebpf, names::LIST4)?,
@@ -426,8 +563,23 @@ impl Kernel {
             seed,
             buckets_mask: sizes.list_buckets - 1,
         };
-        let settings_map: Array<MapData, Settings> = take(&mut ebpf, names::SETTINGS)?;
         let verdicts = take(&mut ebpf, names::VERDICTS)?;
+        let pins = match pinned {
+            Some((dir, _)) => Some(Pins {
+                dir: dir.to_path_buf(),
+                maps: map_names,
+                created: !adopting,
+                snapshot: if adopting {
+                    Some(adopt::Snapshot::read(
+                        &tables,
+                        &dir.join(names::LIST_TABLE),
+                    )?)
+                } else {
+                    None
+                },
+            }),
+            None => None,
+        };
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or("program `gateway` missing from the XDP object")?
@@ -453,12 +605,18 @@ impl Kernel {
                 },
                 events_per_cpu: config.events.max_per_second,
                 event_slots_mask: sizes.event_slots - 1,
+                targets4: if initialised { previous.targets4 } else { 0 },
+                targets6: if initialised { previous.targets6 } else { 0 },
                 ..Settings::default()
             },
             attached: None,
             logger,
+            pins,
         };
-        let rate = config.ratelimit.settings()?;
+        let rate = match pinned {
+            Some((_, rate)) => rate,
+            None => config.ratelimit.settings()?,
+        };
         kernel.set_rate(rate)?;
         Ok(kernel)
     }
@@ -472,7 +630,107 @@ impl Kernel {
     }
 
     /// Attaches to `interface`. `Auto` tries native mode first and falls back to skb mode.
+    ///
+    /// Pinned ([`Kernel::load_pinned`]): a link pinned for this interface is kept and this
+    /// program replaces the one it runs in one atomic step (BPF_LINK_UPDATE), so no packet
+    /// meets an interface without XDP; its mode cannot change that way, so a config that asks
+    /// for the other mode is refused. A link pinned for another interface (or one that is gone)
+    /// is detached once the new one is attached and pinned.
     pub fn attach(&mut self, interface: &str, mode: XdpModeConfig) -> Result<AttachedMode, String> {
+        let Some(dir) = self.pins.as_ref().map(|p| p.dir.clone()) else {
+            let (got, link) = self.attach_new(interface, mode)?;
+            self.attached = Some((interface.to_string(), got, LinkHold::Owned(link)));
+            return Ok(got);
+        };
+        let found = pin::find_link(&dir).map_err(|e| error_chain(&e))?;
+        let ifindex = interface_index(interface)?;
+        let got = match found {
+            Some(link) if link.ifindex == ifindex => {
+                let wanted = match mode {
+                    XdpModeConfig::Auto => None,
+                    XdpModeConfig::Native => Some(AttachedMode::Native),
+                    XdpModeConfig::Skb => Some(AttachedMode::Skb),
+                };
+                if wanted.is_some_and(|w| w != link.mode) {
+                    return Err(format!(
+                        "the pinned XDP link on {interface} runs in {} mode but xdp.mode asks for {} mode; the mode cannot change without a moment with no XDP on {interface}: run `gateway detach` first (or set xdp.mode = \"auto\" to keep the pinned one)",
+                        link.mode.name(),
+                        wanted.map(AttachedMode::name).unwrap_or("?"),
+                    ));
+                }
+                let fd_link: FdLink = PinnedLink::from_pin(&link.path)
+                    .map_err(|e| format!("{}: {}", link.path.display(), error_chain(&e)))?
+                    .into();
+                let xdp_link = XdpLink::try_from(fd_link)
+                    .map_err(|e| format!("{}: {}", link.path.display(), error_chain(&e)))?;
+                self.program_mut().attach_to_link(xdp_link).map_err(|e| {
+                    format!(
+                        "cannot replace the program of the pinned XDP link on {interface}: {}",
+                        error_chain(&e)
+                    )
+                })?;
+                tracing::info!(interface, mode = link.mode.name(), link = %link.path.display(), "adopted the pinned XDP link: the new program replaced the old one atomically");
+                self.attached = Some((
+                    interface.to_string(),
+                    link.mode,
+                    LinkHold::Pinned(link.path),
+                ));
+                link.mode
+            }
+            other => {
+                let (got, id) = self.attach_new(interface, mode)?;
+                let path = dir.join(pin::link_name(got));
+                let staged = dir.join(pin::staged_link_name(pin::link_name(got)));
+                let cannot = |e: &dyn std::error::Error| {
+                    format!(
+                        "cannot pin the XDP link at {}: {}",
+                        staged.display(),
+                        error_chain(e)
+                    )
+                };
+                let link = self.program_mut().take_link(id).map_err(|e| cannot(&e))?;
+                let fd_link = FdLink::try_from(link).map_err(|e| cannot(&e))?;
+                let _ = std::fs::remove_file(&staged);
+                let pinned = fd_link.pin(&staged).map_err(|e| cannot(&e))?;
+                if let Some(old) = other {
+                    let gone = pin::detach_link(&old.path).map_err(|e| error_chain(&e))?;
+                    tracing::warn!(interface, old_ifindex = gone, "the pinned XDP link was on another interface (or one that is gone): detached it from there");
+                }
+                if let Err(e) = std::fs::rename(&staged, &path) {
+                    // Still attached through `staged`, which the next start moves into
+                    // place and `gateway detach` removes.
+                    return Err(format!(
+                        "cannot rename the pinned link {} to {}: {e}",
+                        staged.display(),
+                        path.display()
+                    ));
+                }
+                // The link's fd closes here; the pin keeps it attached.
+                drop(pinned);
+                self.attached = Some((interface.to_string(), got, LinkHold::Pinned(path)));
+                got
+            }
+        };
+        // Pins of maps this program no longer has, and a link staged by a crashed start.
+        let keep = self
+            .pins
+            .as_ref()
+            .map(|p| p.maps.clone())
+            .unwrap_or_default();
+        match pin::remove_map_pins(&dir, &keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, dir = %dir.display(), "removed stale pins"),
+            Err(e) => tracing::warn!(error = %error_chain(&e), "cannot remove stale pins"),
+        }
+        Ok(got)
+    }
+
+    /// Attaches a new link to `interface`, owned by the program.
+    fn attach_new(
+        &mut self,
+        interface: &str,
+        mode: XdpModeConfig,
+    ) -> Result<(AttachedMode, XdpLinkId), String> {
         let program = self.program_mut();
         let native = |p: &mut Xdp| {
             p.attach(interface, XdpMode::Driver)
@@ -517,8 +775,6 @@ impl Kernel {
                 }
             }
         };
-        let (got, link) = got;
-        self.attached = Some((interface.to_string(), got, link));
         Ok(got)
     }
 
@@ -527,13 +783,78 @@ impl Kernel {
         self.attached.as_ref().map(|(i, m, _)| (i.as_str(), *m))
     }
 
-    /// Detaches from the interface (dropping the Kernel does the same).
-    pub fn detach(&mut self) {
-        if let Some((_, _, link)) = self.attached.take() {
-            if let Err(e) = self.program_mut().detach(link) {
-                tracing::warn!(error = %e, "detach");
+    /// Detaches from the interface. Pinned, the link is detached explicitly and every pin
+    /// removed, so the program and the maps go once the daemon lets go of them. Dropping the
+    /// Kernel detaches only a link that is not pinned.
+    pub fn detach(&mut self) -> Result<String, String> {
+        match self.attached.take() {
+            Some((interface, _, LinkHold::Owned(link))) => {
+                self.program_mut()
+                    .detach(link)
+                    .map_err(|e| format!("detach from {interface}: {}", error_chain(&e)))?;
+                Ok(format!("XDP detached from {interface}"))
+            }
+            attached => {
+                let Some(pins) = self.pins.as_ref() else {
+                    return Ok("XDP was not attached".into());
+                };
+                let done = pin::detach_dir(&pins.dir).map_err(|e| error_chain(&e))?;
+                Ok(match attached {
+                    Some((interface, mode, _)) => format!(
+                        "XDP detached from {interface} ({} mode); {} map pins and {} removed",
+                        mode.name(),
+                        done.maps,
+                        pins.dir.display()
+                    ),
+                    None => done.describe(&pins.dir),
+                })
             }
         }
+    }
+
+    /// The pin of the link, when it is pinned.
+    pub fn link_pin(&self) -> Option<&Path> {
+        match &self.attached {
+            Some((_, _, LinkHold::Pinned(path))) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Keeps the map pins of this load even if it never attaches (tests that adopt maps in
+    /// process, without an interface).
+    #[doc(hidden)]
+    pub fn keep_pins(&mut self) {
+        if let Some(pins) = self.pins.as_mut() {
+            pins.created = false;
+        }
+    }
+
+    /// The pin directory, when the link and maps are pinned.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.dir.as_path())
+    }
+
+    /// Puts the lists into the maps: plain inserts into new maps; into adopted maps, a
+    /// reconciliation that keeps what the lists want, adds what is missing and removes the
+    /// rest (module [`adopt`]), so the running program never misses a listed key. Returns a
+    /// line for the log.
+    pub fn fill(&mut self, allow: &[IpNet], block: &[IpNet]) -> Result<String, String> {
+        let snapshot = self.pins.as_mut().and_then(|p| p.snapshot.take());
+        let Some(snapshot) = snapshot else {
+            self.insert(ListKind::Allow, allow)?;
+            self.insert(ListKind::Block, block)?;
+            return Ok(format!(
+                "{} allowlist and {} blocklist entries loaded into new maps",
+                allow.len(),
+                block.len()
+            ));
+        };
+        let done = self.tables.adopt(snapshot, allow, block)?;
+        self.sync_targets()?;
+        Ok(format!(
+            "pinned maps reconciled with the state file: {} keys kept, {} corrected, {} added, {} stale removed",
+            done.kept, done.corrected, done.added, done.removed
+        ))
     }
 
     /// Drains kernel-side log records into our log.
@@ -687,6 +1008,16 @@ impl Enforcer for Kernel {
 
 /// At most one drop event per source per this many nanoseconds.
 const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+/// The maps whose contents depend on each other (the seed and table sizes in SETTINGS, the
+/// keys in the tables): adopted all together or created all anew.
+const CORE_MAPS: &[&str] = &[
+    names::LIST_TABLE,
+    names::LIST4,
+    names::LIST6,
+    names::RATE_STATE,
+    names::SETTINGS,
+    names::EVENT_STATE,
+];
 
 /// Map sizes derived from the config.
 struct Sizes {
@@ -698,6 +1029,17 @@ struct Sizes {
 }
 
 impl Sizes {
+    /// max_entries by map name, as the loader sets them.
+    fn by_map(&self) -> [(&'static str, u32); 5] {
+        [
+            (names::LIST_TABLE, self.list_buckets),
+            (names::LIST4, self.list4),
+            (names::LIST6, self.list6),
+            (names::RATE_STATE, self.rate_buckets),
+            (names::EVENT_STATE, self.event_slots),
+        ]
+    }
+
     fn of(config: &XdpConfig) -> Sizes {
         // Keys the lists can take: a network whose length is not a target length takes more
         // than one (see gateway_common::maps::lists).
@@ -770,8 +1112,45 @@ pub(crate) fn random_seed() -> Result<u64, String> {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        self.detach();
+        // A pinned link stays attached: that is what pinning is for.
+        if let Some((_, _, LinkHold::Owned(_))) = &self.attached {
+            if let Err(e) = self.detach() {
+                tracing::warn!(error = %e, "detach");
+            }
+        }
+        if let (None, Some(pins)) = (&self.attached, &self.pins) {
+            if pins.created && pins.dir.exists() {
+                let _ = pin::remove_map_pins(&pins.dir, &[]);
+                let _ = std::fs::remove_dir(&pins.dir);
+            }
+        }
     }
+}
+
+/// The index of `interface` in this network namespace.
+fn interface_index(interface: &str) -> Result<u32, String> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| format!("`{interface}` is not a valid interface name"))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(format!(
+            "cannot attach to {interface}: unknown network interface"
+        )),
+        i => Ok(i),
+    }
+}
+
+/// Whether an XDP link is pinned under `dir`.
+pub fn pinned_link(dir: &Path) -> bool {
+    matches!(pin::find_link(dir), Ok(Some(_)))
+}
+
+/// Detaches the XDP link pinned under `dir` and removes every pin there, without a daemon
+/// (`gateway detach`). Returns a line for the operator.
+pub fn detach_pins(dir: &Path) -> Result<String, String> {
+    pin::detach_dir(dir)
+        .map(|done| done.describe(dir))
+        .map_err(|e| error_chain(&e))
 }
 
 /// An error with its sources, each once: `outer: inner: root`.

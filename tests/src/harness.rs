@@ -458,9 +458,18 @@ impl Drop for RawSocket {
 }
 
 /// A working directory with the config, the state directory and the admin socket of one
-/// gateway under test; it outlives daemon restarts.
+/// gateway under test, and its own bpffs pin directory; it outlives daemon restarts. Dropping
+/// it detaches what is pinned there and removes the pins.
 pub struct Setup {
     pub dir: tempfile::TempDir,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Err(e) = gateway::xdp::detach_pins(&self.pin_dir()) {
+            eprintln!("cleanup of {}: {e}", self.pin_dir().display());
+        }
+    }
 }
 
 impl Default for Setup {
@@ -487,12 +496,19 @@ impl Setup {
         self.dir.path().join("state")
     }
 
-    /// Writes the config: XDP on `interface` plus `extra` TOML appended (tables after the
-    /// `[xdp]` keys, so `extra` may add `[xdp.ratelimit]` and so on).
+    /// This setup's pin directory on bpffs: named after its working directory, so unique.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf").join(self.dir.path().file_name().expect("tempdir name"))
+    }
+
+    /// Writes the config: XDP on `interface`, pinned under [`Setup::pin_dir`], plus `extra`
+    /// TOML appended (tables after the `[xdp]` keys, so `extra` may add `[xdp.ratelimit]` and
+    /// so on).
     pub fn write_config(&self, interface: &str, xdp_keys: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("gateway.toml");
         let text = format!(
-            "[xdp]\ninterface = \"{interface}\"\n{xdp_keys}\n{extra}\n[state]\ndir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            "[xdp]\ninterface = \"{interface}\"\npin_dir = \"{}\"\n{xdp_keys}\n{extra}\n[state]\ndir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            self.pin_dir().display(),
             self.state_dir().display(),
             self.socket().display()
         );
@@ -585,8 +601,14 @@ impl Daemon {
     /// answers (it binds the socket only once XDP is attached). Panics with the log when it
     /// exits or does not come up within 30 s.
     pub fn start(ns: &str, setup: &Setup, config: &Path) -> Daemon {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(gateway_bin());
+        Daemon::spawn(in_netns_cmd(ns, &gateway_bin()), setup, config)
+    }
+
+    /// [`Daemon::start`] with `cmd` (run inside namespace `ns`) in front of the binary, e.g.
+    /// `setpriv` with fewer capabilities.
+    pub fn start_wrapped(ns: &str, setup: &Setup, config: &Path, wrapper: &[&str]) -> Daemon {
+        let mut cmd = in_netns_cmd(ns, Path::new(wrapper[0]));
+        cmd.args(&wrapper[1..]).arg(gateway_bin());
         Daemon::spawn(cmd, setup, config)
     }
 
@@ -635,9 +657,7 @@ impl Daemon {
 
     /// Runs the daemon expecting it to fail at start; returns its exit code and log.
     pub fn start_fails(ns: &str, config: &Path) -> (Option<i32>, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(gateway_bin())
+        let out = in_netns_cmd(ns, &gateway_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -657,7 +677,7 @@ impl Daemon {
 
     fn signal(&mut self, signal: libc::c_int) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        // `ip netns exec` execs the gateway, so the child pid is the gateway's.
+        // nsenter (and setpriv) exec the gateway, so the child pid is the gateway's.
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -697,6 +717,18 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.signal(libc::SIGTERM);
     }
+}
+
+/// `program` run in network namespace `ns` and nothing else: unlike `ip netns exec`, nsenter
+/// leaves the mount namespace alone, so the daemon pins on the host's bpffs (as under
+/// systemd), where the pins outlive it; `ip netns exec` would give it a private /sys whose
+/// bpffs, and every pin in it, ends with the daemon.
+pub fn in_netns_cmd(ns: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
+    cmd
 }
 
 /// Whether XDP is attached to `dev` in namespace `ns` (any mode).

@@ -116,11 +116,15 @@ fn blocked_hosts_and_networks_are_dropped_others_pass() {
     net.send(v4(17), 5001, N, 10);
     assert_eq!(rx.collect().get(&v4(17)), Some(&N));
     assert!(setup.listed("block").is_empty());
+    // SIGTERM leaves the pinned program enforcing; `gateway detach` takes it off.
     assert!(daemon.stop().success());
     assert!(
-        !xdp_attached(&net.gw_ns, &net.gw_if),
-        "program left attached after SIGTERM"
+        xdp_attached(&net.gw_ns, &net.gw_if),
+        "pinned program detached by SIGTERM"
     );
+    let pin_dir = setup.pin_dir();
+    setup.ok(&["detach", "--pin-dir", pin_dir.to_str().unwrap()]);
+    assert!(!xdp_attached(&net.gw_ns, &net.gw_if));
 }
 
 #[test]
@@ -602,7 +606,8 @@ fn bad_input_gets_one_line_errors_and_changes_nothing() {
     let (code, log) = Daemon::start_fails(&net.gw_ns, &config);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("corrupt"), "{log}");
-    assert!(!xdp_attached(&net.gw_ns, &net.gw_if));
+    // The program the last daemon pinned keeps enforcing meanwhile.
+    assert!(xdp_attached(&net.gw_ns, &net.gw_if));
 
     // Config errors name file, line and key.
     std::fs::write(
@@ -617,10 +622,21 @@ fn bad_input_gets_one_line_errors_and_changes_nothing() {
         err.contains("gateway.toml:5: xdp.ratelimit.prefix6"),
         "{err}"
     );
-    std::fs::write(&config, "[xdp]\ninterface = \"nosuchdev0\"\n").unwrap();
+    let pins = setup.pin_dir();
+    setup.ok(&["detach", "--pin-dir", pins.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        format!(
+            "[xdp]\ninterface = \"nosuchdev0\"\npin_dir = \"{}\"\n",
+            pins.display()
+        ),
+    )
+    .unwrap();
     let (code, log) = Daemon::start_fails(&net.gw_ns, &config);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("nosuchdev0"), "{log}");
+    // A daemon that never attached leaves no pinned maps behind.
+    assert!(!pins.exists(), "pins left by a failed start");
 }
 
 #[test]
@@ -634,9 +650,20 @@ fn falls_back_to_skb_mode_without_driver_support() {
     assert!(log.contains("falling back to skb"), "{log}");
     let stats = setup.stats();
     assert_eq!(stats["xdp"]["mode"], "skb");
-    // Native only: a clear failure.
+    // Native only: a clear failure. First with the skb link still pinned: its mode cannot
+    // change without detaching.
     let config = setup.write_config("lo", "mode = \"native\"\n", "");
     drop(daemon);
+    let (code, log) = Daemon::start_fails(&net.gw_ns, &config);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("runs in skb mode but xdp.mode asks for native mode")
+            && log.contains("gateway detach"),
+        "{log}"
+    );
+    assert!(xdp_attached(&net.gw_ns, "lo"), "the pinned link stays");
+    setup.ok(&["detach", "--config", config.to_str().unwrap()]);
+    assert!(!xdp_attached(&net.gw_ns, "lo"));
     let (code, log) = Daemon::start_fails(&net.gw_ns, &config);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("native mode"), "{log}");

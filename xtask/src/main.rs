@@ -1,8 +1,9 @@
-//! Everything beyond `cargo build`: toolchain set-up, tests, benchmarks and the demo.
+//! Everything beyond `cargo build`: toolchain set-up, installing, tests, benchmarks and the demo.
 //! Run it as `cargo xtask <verb>` (an alias in `.cargo/config.toml`).
 
 mod bench;
 mod demo;
+mod install;
 mod setup;
 mod test;
 mod util;
@@ -27,6 +28,9 @@ enum Verb {
     Setup,
     /// Build the daemon and its XDP program: target/{debug,release}/gateway.
     Build(BuildOptions),
+    /// Build the release binary and install it with the systemd unit and an example config
+    /// (an existing /etc/gateway/gateway.toml is kept); then `systemctl enable --now gateway`.
+    Install(install::Options),
     /// Run every test (as root: the integration tests load XDP programs).
     Test(test::Options),
     /// Run a benchmark.
@@ -54,6 +58,7 @@ fn main() -> Result<()> {
             setup::run()?;
             util::build_gateway(opts.release)
         }
+        Verb::Install(opts) => install::run(opts),
         Verb::Test(opts) => test::run(opts),
         Verb::Bench(opts) => bench::run(opts),
         Verb::Demo(opts) => demo::run(opts),

@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::util::{self, exec};
 
 /// Debian packages: the first four are what bpf-linker links against, the rest are run by the
-/// tests, the demo and the XDP benchmark. The proxy benchmark installs its own on demand
+/// tests, the demo and the XDP benchmark (systemd for `systemd-analyze verify` of the unit,
+/// util-linux for nsenter and setpriv). The proxy benchmark installs its own on demand
 /// (`bench::proxy::DEBIAN_PACKAGES`), so that a plain setup does not bring in nginx.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -21,6 +22,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The flood test: trafgen, and ethtool for the veth settings.
     "netsniff-ng",
     "ethtool",
+    "systemd",
+    "util-linux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -34,6 +34,10 @@ fn run_steps(steps: &mut Steps, opts: &Options) -> Result<()> {
     steps.run("unit tests: gateway-common", || {
         exec(util::cargo().args(["test", "-p", "gateway-common"]))
     })?;
+    // The install layout and `systemd-analyze verify` of the unit.
+    steps.run("unit tests: xtask", || {
+        exec(util::cargo().args(["test", "-p", "xtask"]))
+    })?;
     steps.run("build: gateway (release)", || util::build_gateway(true))?;
     steps.run("unit tests: gateway (release)", || {
         exec(util::cargo().args(["test", "-p", "gateway", "--release"]))
