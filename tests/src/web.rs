@@ -327,8 +327,10 @@ pub fn with_metrics(path: &Path) -> SocketAddr {
 
 /// The audit lines written so far.
 pub fn audit_lines(setup: &Setup) -> Vec<Value> {
-    std::fs::read_to_string(setup.dir.path().join("audit.log"))
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(setup.dir.path().join("audit.log")).unwrap_or_default();
+    // The writer thread may be mid-line: only lines it has ended count.
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
         .collect()

@@ -600,7 +600,7 @@ impl Proxy {
                 if let Some(seen) = counter {
                     seen.fetch_add(bytes.len() as u64, Relaxed);
                 }
-                return self.check_body(route, parts, bytes, done);
+                return check_body(route, parts, bytes, validate_body, inspect_body, done);
             }
         };
         let bodiless = body.is_end_stream();
@@ -631,30 +631,7 @@ impl Proxy {
                 return Err(r);
             }
         };
-        self.check_body(route, parts, bytes, done)
-    }
-
-    /// The body phases, on a body read whole.
-    fn check_body(
-        &self,
-        route: &Route,
-        parts: &Parts,
-        bytes: Bytes,
-        done: &mut Done,
-    ) -> Result<Admitted, Rejection> {
-        if bytes.is_empty() {
-            return Ok(Admitted::Go(Payload::Empty));
-        }
-        let s = &route.security;
-        if let Some(v) = s.validator.as_ref().filter(|v| v.wants_body(parts)) {
-            v.check_body(parts, &bytes)?;
-        }
-        if let Some(i) = s.inspect.as_ref().filter(|i| i.wants_body(parts)) {
-            if let Some(f) = i.body(parts, &bytes) {
-                finding(&route.name, i.mode(), f, done)?;
-            }
-        }
-        Ok(Admitted::Go(Payload::Bytes(bytes)))
+        check_body(route, parts, bytes, validate_body, inspect_body, done)
     }
 
     async fn forward(
@@ -720,9 +697,14 @@ impl Proxy {
             done.set_target(&pool.name, &target.label);
             let guard = pool.begin(i);
             let may_retry = tried.len() <= pool.retries as usize && resendable;
+            let payload = body.take().unwrap_or(Payload::Empty);
+            if let Payload::Bytes(b) = &payload {
+                // Kept for a retry.
+                body = Some(Payload::Bytes(b.clone()));
+            }
             let attempt = async {
-                match (f.fast, body.take()) {
-                    (Some(fast), Some(Payload::Empty)) | (Some(fast), None) => {
+                match (f.fast, payload) {
+                    (Some(fast), Payload::Empty) => {
                         fast_send(
                             fast,
                             target.addr,
@@ -733,15 +715,10 @@ impl Proxy {
                         )
                         .await
                     }
-                    (Some(fast), Some(Payload::Bytes(b))) => {
-                        body = Some(Payload::Bytes(b.clone()));
+                    (Some(fast), Payload::Bytes(b)) => {
                         fast_send(fast, target.addr, &parts, &path_and_query, b, idempotent).await
                     }
                     (_, payload) => {
-                        let payload = payload.unwrap_or(Payload::Empty);
-                        if let Payload::Bytes(b) = &payload {
-                            body = Some(Payload::Bytes(b.clone()));
-                        }
                         let uri = Uri::try_from([target.origin.as_str(), &path_and_query].concat())
                             .map_err(|e| Failure::Request(format!("bad request target: {e}")))?;
                         let mut request = Request::new(payload.into_body());
@@ -832,6 +809,30 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The body phases that asked for it, on a body read whole.
+fn check_body(
+    route: &Route,
+    parts: &Parts,
+    bytes: Bytes,
+    validate: bool,
+    inspect: bool,
+    done: &mut Done,
+) -> Result<Admitted, Rejection> {
+    if bytes.is_empty() {
+        return Ok(Admitted::Go(Payload::Empty));
+    }
+    let s = &route.security;
+    if let Some(v) = s.validator.as_ref().filter(|_| validate) {
+        v.check_body(parts, &bytes)?;
+    }
+    if let Some(i) = s.inspect.as_ref().filter(|_| inspect) {
+        if let Some(f) = i.body(parts, &bytes) {
+            finding(&route.name, i.mode(), f, done)?;
+        }
+    }
+    Ok(Admitted::Go(Payload::Bytes(bytes)))
 }
 
 /// Why an attempt to forward got no response.
