@@ -442,10 +442,10 @@ impl Proxy {
             .cors
             .as_ref()
             .and_then(|_| parts.headers.get(header::ORIGIN).cloned());
-        // Headers for the response that phases ask for (RateLimit...).
-        let mut extra = Vec::new();
+        // The rate limit whose RateLimit headers the response gets.
+        let mut closest = None;
         let admitted = self
-            .admit(route, &mut parts, body, client, &mut done, &mut extra)
+            .admit(route, &mut parts, body, client, &mut done, &mut closest)
             .await;
         let preflight = matches!(admitted, Ok(Admitted::Preflight(_)));
         let mut response = match admitted {
@@ -494,10 +494,8 @@ impl Proxy {
             },
         };
         let headers = response.headers_mut();
-        for (name, value) in extra {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
+        if let Some(c) = &closest {
+            route.security.limits.headers(c, headers);
         }
         route.security.headers.apply(headers, conn.tls);
         if let Some(cors) = route.security.cors.as_ref().filter(|_| !preflight) {
@@ -534,7 +532,7 @@ impl Proxy {
         body: RequestBody,
         client: std::net::IpAddr,
         done: &mut Done,
-        extra: &mut Vec<(HeaderName, String)>,
+        closest: &mut Option<ratelimit::Closest>,
     ) -> Result<Admitted, Rejection> {
         let s = &route.security;
         if let Some(banned) = crate::autoban::refusal(client) {
@@ -549,7 +547,7 @@ impl Proxy {
             }
         }
         if !s.limits.is_empty() {
-            s.limits.check(false, parts, client, None, extra)?;
+            s.limits.check(false, parts, client, None, closest)?;
         }
         let identity: Option<Identity> = match &s.auth {
             Some(policy) => policy.check(parts).await?,
@@ -563,7 +561,7 @@ impl Proxy {
         }
         if !s.limits.is_empty() {
             s.limits
-                .check(true, parts, client, identity.as_ref(), extra)?;
+                .check(true, parts, client, identity.as_ref(), closest)?;
         }
         if let Some(v) = &s.validator {
             v.check_head(parts)?;
@@ -1126,16 +1124,51 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     match req.uri().authority() {
         Some(a) => Some(lower(a.host())),
         None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let h = req.headers().get(header::HOST)?.as_bytes();
+            if let Some(host) = plain_host(h) {
+                return Some(lower(host));
+            }
+            let h = std::str::from_utf8(h).ok()?;
             let authority: hyper::http::uri::Authority = h.parse().ok()?;
             Some(lower(authority.host()))
         }
     }
 }
 
+/// The host of a Host value that is a plain name or IPv4 address, with at most a port of
+/// digits; `None` for anything else, which the full authority parser then judges.
+fn plain_host(value: &[u8]) -> Option<&str> {
+    let (host, port) = match value.iter().position(|&b| b == b':') {
+        Some(i) => (&value[..i], Some(&value[i + 1..])),
+        None => (value, None),
+    };
+    let plain = !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    // Only ASCII passed.
+    plain.then(|| std::str::from_utf8(host).ok()).flatten()
+}
+
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1: those the Connection header
 /// names, and the fixed set.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    const FIXED: [HeaderName; 9] = [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    // Most messages have none: one look at each name is cheaper than nine removals.
+    if !headers.keys().any(|k| FIXED.contains(k)) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -1147,17 +1180,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in FIXED {
         headers.remove(name);
     }
 }
@@ -1166,17 +1189,17 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// client asked for, and the request id.
 fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>, id: &HeaderValue) {
     let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) => joined(prior, conn.ip.as_bytes(), None),
+        Some(prior) => joined(prior, &[conn.ip.as_bytes()]),
         None => Some(conn.ip.clone()),
     };
-    let host_part = host.map(|h| format!(";host=\"{h}\""));
-    let forwarded = match (
-        headers.get(header::FORWARDED).map(HeaderValue::as_bytes),
-        &host_part,
-    ) {
+    let prior = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
+    let forwarded = match (prior, host) {
         (None, None) => Some(conn.forwarded.clone()),
-        (Some(prior), _) => joined(prior, conn.forwarded.as_bytes(), host_part.as_deref()),
-        (None, Some(h)) => joined(b"", conn.forwarded.as_bytes(), Some(h)),
+        (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
+        (prior, Some(h)) => joined(
+            prior.unwrap_or_default(),
+            &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
+        ),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -1196,16 +1219,17 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>, 
     }
 }
 
-/// `prior, value[suffix]` (or `value[suffix]` when there is no prior) as a header value.
-fn joined(prior: &[u8], value: &[u8], suffix: Option<&str>) -> Option<HeaderValue> {
-    let suffix = suffix.unwrap_or_default().as_bytes();
-    let mut out = Vec::with_capacity(prior.len() + 2 + value.len() + suffix.len());
+/// `prior, parts...` (or `parts...` when there is no prior) as a header value.
+fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(prior.len() + 2 + len);
     if !prior.is_empty() {
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(value);
-    out.extend_from_slice(suffix);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 

@@ -21,7 +21,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{header::HeaderName, http::request::Parts, StatusCode};
+use hyper::{
+    header::{HeaderName, HeaderValue},
+    http::request::Parts,
+    StatusCode,
+};
 use serde::Deserialize;
 
 use super::{auth::Identity, reject::Rejection};
@@ -60,6 +64,19 @@ impl RateLimitConfig {
     /// On error: the key below `routes[i].rate_limits[j]` and what is wrong.
     pub fn validate(&self) -> Result<(), (Vec<String>, String)> {
         let err = |k: &str, m: String| Err((vec![k.to_string()], m));
+        if let Some(name) = &self.name {
+            // It goes into RateLimit headers as a structured-field string (RFC 8941).
+            let fits = (1..=128).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+            if !fits {
+                return err(
+                    "name",
+                    "must be 1 to 128 printable ASCII characters without `\"` or `\\`".into(),
+                );
+            }
+        }
         if let Err(m) = Key::parse(&self.key) {
             return err("key", m);
         }
@@ -134,7 +151,7 @@ pub struct Limit {
     table: Table,
     rejected: prometheus::IntCounter,
     /// `"NAME";q=LIMIT;w=SECONDS`, this limit's item of RateLimit-Policy.
-    policy: Arc<str>,
+    policy: HeaderValue,
 }
 
 /// The outcome of one check.
@@ -157,7 +174,9 @@ impl Limit {
         };
         let interval = (c.per.as_nanos() / u128::from(c.limit)).max(1) as u64;
         let burst = u64::from(c.burst.unwrap_or(c.limit));
-        let policy = format!("\"{}\";q={};w={}", name, c.limit, c.per.as_secs().max(1)).into();
+        let policy = format!("\"{}\";q={};w={}", name, c.limit, c.per.as_secs().max(1));
+        // Names are validated printable ASCII, so this never falls back.
+        let policy = HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(""));
         Limit {
             policy,
             rejected: crate::metrics::METRICS
@@ -227,10 +246,6 @@ impl Limit {
         )
     }
 
-    /// `"NAME";q=LIMIT;w=SECONDS`, an item of RateLimit-Policy.
-    fn policy_item(&self) -> String {
-        self.policy.to_string()
-    }
 }
 
 /// The table's keys are already keyed hashes: used as they are.
@@ -339,19 +354,20 @@ impl Limits {
 
     /// Checks the limits that do (`after_auth`) or do not need the identity. Every limit that
     /// applies is charged until one refuses; the refusal carries Retry-After, RateLimit-Policy
-    /// and RateLimit. On success, the headers for the response (of the limit closest to its
-    /// end) are added to `headers`.
+    /// and RateLimit. On success, `closest` becomes the limit closest to its end when it is
+    /// closer than the one already there (limits checked after authentication may replace the
+    /// ones before): [`Limits::headers`] turns it into the response's pair.
     pub fn check(
         &self,
         after_auth: bool,
         parts: &Parts,
         client: IpAddr,
         identity: Option<&Identity>,
-        headers: &mut Vec<(HeaderName, String)>,
+        closest: &mut Option<Closest>,
     ) -> Result<(), Rejection> {
         let now = Instant::now();
-        let mut tightest: Option<(&Limit, Decision)> = None;
-        for limit in &self.limits {
+        let mut tightest: Option<Closest> = None;
+        for (index, limit) in self.limits.iter().enumerate() {
             if limit.key.needs_identity() != after_auth {
                 continue;
             }
@@ -367,26 +383,38 @@ impl Limits {
                     format!("rate limit `{}` exceeded; retry in {secs} s", limit.name),
                 )
                 .with_header(hyper::header::RETRY_AFTER, &secs.to_string())
-                .with_header(RATELIMIT_POLICY, &limit.policy_item())
+                .with_header(RATELIMIT_POLICY, limit.policy.to_str().unwrap_or_default())
                 .with_header(RATELIMIT, &rate_item(limit, &d)));
             }
-            if tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
-                tightest = Some((limit, d));
+            if tightest.is_none_or(|t| d.remaining < t.decision.remaining) {
+                tightest = Some(Closest { index, decision: d });
             }
         }
-        if let Some((limit, d)) = tightest {
-            // Limits checked after authentication replace the ones before: one pair per
-            // response, naming the limit closest to refusing.
-            let before = headers.iter().find(|(n, _)| n == RATELIMIT).cloned();
-            let keep_before = before.is_some_and(|(_, v)| remaining_of(&v) < d.remaining);
-            if !keep_before {
-                headers.retain(|(n, _)| n != RATELIMIT && n != RATELIMIT_POLICY);
-                headers.push((RATELIMIT_POLICY, limit.policy_item()));
-                headers.push((RATELIMIT, rate_item(limit, &d)));
+        if let Some(t) = tightest {
+            if closest.is_none_or(|c| c.decision.remaining >= t.decision.remaining) {
+                *closest = Some(t);
             }
         }
         Ok(())
     }
+
+    /// RateLimit-Policy and RateLimit for `closest`, a limit of this route.
+    pub fn headers(&self, closest: &Closest, headers: &mut hyper::HeaderMap) {
+        let Some(limit) = self.limits.get(closest.index) else {
+            return;
+        };
+        headers.insert(RATELIMIT_POLICY, limit.policy.clone());
+        if let Ok(v) = HeaderValue::from_str(&rate_item(limit, &closest.decision)) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+}
+
+/// The limit of a route closest to refusing the request, and its decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Closest {
+    index: usize,
+    decision: Decision,
 }
 
 /// `"NAME";r=REMAINING;t=SECONDS`, an item of RateLimit.
@@ -397,13 +425,6 @@ fn rate_item(limit: &Limit, d: &Decision) -> String {
         d.remaining,
         d.reset.as_secs_f64().ceil() as u64
     )
-}
-
-fn remaining_of(item: &str) -> u64 {
-    item.split(';')
-        .find_map(|p| p.strip_prefix("r="))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -518,14 +539,34 @@ mod tests {
         );
         let p = parts();
         let ip: IpAddr = "198.18.0.1".parse().unwrap();
-        let mut headers = Vec::new();
-        limits.check(false, &p, ip, None, &mut headers).unwrap();
-        assert_eq!(headers[0].1, "\"per-ip\";q=2;w=60");
-        assert_eq!(headers[1].1, "\"per-ip\";r=1;t=30");
-        limits.check(false, &p, ip, None, &mut headers).unwrap();
-        let r = limits.check(false, &p, ip, None, &mut headers).unwrap_err();
+        let mut closest = None;
+        limits.check(false, &p, ip, None, &mut closest).unwrap();
+        let mut headers = hyper::HeaderMap::new();
+        limits.headers(closest.as_ref().unwrap(), &mut headers);
+        assert_eq!(headers["ratelimit-policy"], "\"per-ip\";q=2;w=60");
+        assert_eq!(headers["ratelimit"], "\"per-ip\";r=1;t=30");
+        limits.check(false, &p, ip, None, &mut closest).unwrap();
+        let r = limits.check(false, &p, ip, None, &mut closest).unwrap_err();
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers["retry-after"], "30");
         assert_eq!(r.headers["ratelimit"], "\"per-ip\";r=0;t=60");
+    }
+
+    #[test]
+    fn names_must_fit_in_a_header() {
+        let config = |name: &str| RateLimitConfig {
+            name: Some(name.into()),
+            key: "client_ip".into(),
+            limit: 2,
+            per: Duration::from_secs(60),
+            burst: None,
+            max_keys: 1000,
+        };
+        assert!(config("per-user v2").validate().is_ok());
+        for bad in ["", "quote\"d", "back\\slash", "tab\there", "caf\u{e9}"] {
+            let (key, message) = config(bad).validate().unwrap_err();
+            assert_eq!(key, ["name"], "{bad:?}");
+            assert!(message.contains("printable ASCII"), "{message}");
+        }
     }
 }

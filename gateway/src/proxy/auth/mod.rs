@@ -56,16 +56,21 @@ use crate::metrics::METRICS;
 /// 3.1 suggests 400; the gateway answers 401 so that every credential problem is one status.
 const INVALID_REQUEST_STATUS: StatusCode = StatusCode::UNAUTHORIZED;
 
-/// Who made a request.
+/// Who made a request: the checked credential (`subject`, `api_key`, `scopes`... through
+/// `Deref`), shared with the token cache rather than copied.
 #[derive(Clone, Debug)]
 pub struct Identity {
-    /// `sub` of a token, or the id of an API key.
-    pub subject: String,
+    pub verified: Arc<Verified>,
     /// Name of the provider that vouched for it.
     pub provider: Arc<str>,
-    /// The API key's id, when the credential was an API key.
-    pub api_key: Option<String>,
-    pub scopes: Vec<String>,
+}
+
+impl std::ops::Deref for Identity {
+    type Target = Verified;
+
+    fn deref(&self) -> &Verified {
+        &self.verified
+    }
 }
 
 /// A checked credential: what authorization and the claim headers need. Cached whole.
@@ -343,6 +348,18 @@ enum Credential {
     ApiKey(Vec<u8>),
 }
 
+/// The characters of an RFC 7235 token68 (before its trailing `=`s).
+const TOKEN68: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    t
+};
+
 impl RoutePolicy {
     /// Authenticates and authorizes the request. Always removes, first, the headers this
     /// route sets from claims (so a client cannot spoof them); on success sets them from the
@@ -375,12 +392,7 @@ impl RoutePolicy {
             }
         }
         self.strip(parts);
-        Ok(Some(Identity {
-            subject: verified.subject.clone(),
-            provider,
-            api_key: verified.api_key.clone(),
-            scopes: verified.scopes.clone(),
-        }))
+        Ok(Some(Identity { verified, provider }))
     }
 
     fn strip(&self, parts: &mut Parts) {
@@ -460,10 +472,7 @@ impl RoutePolicy {
         }
         let token = rest.trim_matches(' ');
         let body = token.trim_end_matches('=');
-        let token68 = !body.is_empty()
-            && body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        let token68 = !body.is_empty() && body.bytes().all(|b| TOKEN68[usize::from(b)]);
         if !token68 {
             return Err(malformed());
         }

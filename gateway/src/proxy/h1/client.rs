@@ -91,6 +91,7 @@ struct Conn {
 }
 
 thread_local! {
+    static THREAD: ThreadId = std::thread::current().id();
     /// Idle connections of this worker thread, by target; the last one in is used first.
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
 }
@@ -98,7 +99,7 @@ thread_local! {
 impl Conn {
     /// Back to the idle list, if it is clean and there is room.
     fn release(self) {
-        if !self.buf.is_empty() || self.thread != std::thread::current().id() {
+        if !self.buf.is_empty() || self.thread != THREAD.with(|t| *t) {
             return;
         }
         IDLE.with(|idle| {
@@ -197,7 +198,7 @@ impl Client {
             buf: BytesMut::with_capacity(READ_SIZE),
             addr,
             max_idle: self.max_idle,
-            thread: std::thread::current().id(),
+            thread: THREAD.with(|t| *t),
             since: Instant::now(),
         })
     }
@@ -346,7 +347,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
         Version::HTTP_10
     };
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(spans.len());
+    // Room for what the proxy adds (security headers, X-Request-Id).
+    let mut map = HeaderMap::with_capacity(spans.len() + 8);
     for (name, name_len, value, value_len) in spans {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;

@@ -67,11 +67,30 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(READ_SIZE);
-    let mut closing = shared.closing.subscribe();
+    // One timer for the connection's life, re-armed lazily: it may fire before the deadline
+    // that counts (`Instant` below), never after it, and is moved only when it would be late.
+    // So a keep-alive connection costs no timer work per request.
+    let mut armed = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+    let timer = tokio::time::sleep_until(armed);
+    tokio::pin!(timer);
+    // Resolves once the gateway starts to close; registered once, not per request.
+    let closing = {
+        let mut rx = shared.closing.subscribe();
+        async move {
+            while !*rx.borrow_and_update() {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
+    tokio::pin!(closing);
+    let mut closed = false;
     loop {
         let limits = shared.proxy.load().limits.clone();
         // The next head: the idle timeout until its first byte, the header timeout from there.
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut idle_since: Option<tokio::time::Instant> = None;
         let head = loop {
             if !buf.is_empty() {
                 deadline.get_or_insert_with(|| {
@@ -86,39 +105,56 @@ where
                     Parsed::Partial => {}
                 }
             }
+            let idle = buf.is_empty();
+            if idle && closed {
+                return Exit::Closed;
+            }
             let wait = match deadline {
                 Some(d) => d,
-                None => tokio::time::Instant::now() + limits.idle_timeout,
+                None => *idle_since.get_or_insert_with(tokio::time::Instant::now)
+                    + limits.idle_timeout,
             };
-            let idle = buf.is_empty();
+            if armed > wait || timer.is_elapsed() {
+                timer.as_mut().reset(wait);
+                armed = wait;
+            }
             tokio::select! {
+                biased;
                 read = read_buf(&mut io, &mut buf, READ_SIZE) => match read {
                     Ok(0) | Err(_) => return Exit::Closed,
                     Ok(_) => {}
                 },
-                _ = tokio::time::sleep_until(wait) => {
-                    tracing::debug!(client = %info.client, idle, "connection timed out waiting for a request head");
-                    return Exit::Closed;
+                () = &mut timer => {
+                    if tokio::time::Instant::now() >= wait {
+                        tracing::debug!(client = %info.client, idle, "connection timed out waiting for a request head");
+                        return Exit::Closed;
+                    }
                 }
-                _ = closing.changed(), if idle => return Exit::Closed,
-            }
-            if idle && *closing.borrow() {
-                return Exit::Closed;
+                () = &mut closing, if idle && !closed => closed = true,
             }
         };
         if head.body_len > 0 {
             let total = head.head_len + head.body_len;
             let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+            if armed > deadline || timer.is_elapsed() {
+                timer.as_mut().reset(deadline);
+                armed = deadline;
+            }
             while buf.len() < total {
                 let want = total - buf.len();
                 tokio::select! {
+                    biased;
                     read = read_buf(&mut io, &mut buf, want) => match read {
                         Ok(0) | Err(_) => return Exit::Closed,
                         Ok(_) => {}
                     },
-                    _ = tokio::time::sleep_until(deadline) => {
-                        tracing::debug!(client = %info.client, "request body did not arrive in time");
-                        return Exit::Closed;
+                    () = &mut timer => {
+                        if tokio::time::Instant::now() >= deadline {
+                            tracing::debug!(client = %info.client, "request body did not arrive in time");
+                            return Exit::Closed;
+                        }
+                        timer.as_mut().reset(deadline);
+                        armed = deadline;
                     }
                 }
             }
@@ -138,7 +174,7 @@ where
         let request = request.map(|()| RequestBody::Bytes(body));
         let proxy = shared.proxy.load_full();
         let response = proxy.handle(request, info.clone()).await;
-        let close = close_asked || *closing.borrow();
+        let close = close_asked || closed || *shared.closing.borrow();
         match write_response(&mut io, &mut out, response, head_request, close).await {
             Ok(true) if !close => {}
             _ => {
@@ -241,7 +277,8 @@ impl Head {
     fn request(self, head: &Bytes) -> Option<Request<()>> {
         let (at, len) = self.path;
         let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for what the proxy adds (X-Forwarded-*, Forwarded, X-Request-Id).
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + 6);
         for (name, (at, len)) in self.fields {
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
             headers.append(name, value);

@@ -27,7 +27,7 @@
 mod normalize;
 mod rules;
 
-use std::sync::Arc;
+use std::{cell::RefCell, collections::HashSet, sync::Arc};
 
 use hyper::{
     header::{self, HeaderName},
@@ -307,6 +307,19 @@ static SECRET_WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> =
 /// Which part of the request a rule applies to (see [`Rule::applies`]).
 const IN_OTHER: u8 = NOT_XML;
 
+thread_local! {
+    /// Texts found clean lately, per thread: a path, query parameter, header value or cookie that
+    /// comes back (most do, request after request) is looked up instead of normalised and matched
+    /// again. Only clean verdicts are kept (a finding is worked out every time, for its log line),
+    /// keyed by the exact bytes and all else the verdict depends on (the rules on, the kind of
+    /// text, the part of the request); short texts only, and at most [`CLEAN_TEXTS`] of them: the
+    /// set starts over when full. The second field is the key being built, kept for its buffer.
+    #[allow(clippy::type_complexity)]
+    static CLEAN: RefCell<(HashSet<Box<[u8]>>, Vec<u8>)> = RefCell::new((HashSet::new(), Vec::new()));
+}
+const CLEAN_TEXTS: usize = 4096;
+const CLEAN_TEXT_MAX: usize = 256;
+
 /// One route's inspection.
 pub struct RouteInspect {
     mode: InspectMode,
@@ -353,6 +366,37 @@ impl RouteInspect {
         if raw.is_empty() {
             return None;
         }
+        // Bodies rarely repeat; paths, query parameters and header values do.
+        if raw.len() > CLEAN_TEXT_MAX || matches!(kind, Kind::Json | Kind::Text) {
+            return self.scan_now(raw, kind, part);
+        }
+        let known = CLEAN.with(|c| {
+            let mut c = c.borrow_mut();
+            let (texts, key) = &mut *c;
+            key.clear();
+            key.extend_from_slice(&self.enabled.to_le_bytes());
+            key.extend_from_slice(&[kind as u8, part]);
+            key.extend_from_slice(raw);
+            texts.contains(key.as_slice())
+        });
+        if known {
+            return None;
+        }
+        let found = self.scan_now(raw, kind, part);
+        if found.is_none() {
+            CLEAN.with(|c| {
+                let mut c = c.borrow_mut();
+                let (texts, key) = &mut *c;
+                if texts.len() >= CLEAN_TEXTS {
+                    texts.clear();
+                }
+                texts.insert(key.as_slice().into());
+            });
+        }
+        found
+    }
+
+    fn scan_now(&self, raw: &[u8], kind: Kind, part: u8) -> Option<&'static Rule> {
         let n = normalize(raw, kind);
         let i = &self.inspector;
         i.first_match(&n.text, self.enabled, part)

@@ -812,3 +812,31 @@ fn payload_lists_are_caught() {
     }
     assert!(misses.is_empty(), "\n{}", misses.join("\n"));
 }
+
+#[test]
+fn clean_texts_are_remembered_per_rule_set_and_findings_never() {
+    let all = route();
+    let no_sqli = route_with(InspectConfig {
+        mode: InspectMode::Block,
+        disable: vec!["sqli".into()],
+        ..InspectConfig::default()
+    });
+    let sqli = "1' OR '1'='1";
+    // Clean where SQL injection is off, remembered as such, and still a finding where it is
+    // on, however often either is asked.
+    for _ in 0..3 {
+        assert_eq!(hit(&no_sqli, Header, sqli), None);
+        assert!(hit(&all, Header, sqli).is_some_and(|id| id.starts_with("sqli")));
+    }
+    // Findings are worked out every time, next to clean texts that are remembered.
+    for _ in 0..3 {
+        assert_eq!(hit(&all, Path, "/docs/readme"), None);
+        assert!(hit(&all, Path, "/docs/..%2f..%2fetc%2fpasswd").is_some_and(|id| id.starts_with("trav")));
+    }
+    // The set starts over when full and keeps answering right.
+    for i in 0..CLEAN_TEXTS + 10 {
+        assert_eq!(hit(&all, Header, &format!("agent/{i}")), None);
+    }
+    assert!(CLEAN.with(|c| c.borrow().0.len()) <= CLEAN_TEXTS);
+    assert!(hit(&all, Header, "<script>alert(1)</script>").is_some());
+}
