@@ -86,8 +86,11 @@ where
     };
     tokio::pin!(closing);
     let mut closed = false;
+    // The current generation of the proxy, looked up without touching its reference count
+    // (shared by every connection) per request.
+    let mut current = arc_swap::Cache::new(&shared.proxy);
     loop {
-        let limits = shared.proxy.load().limits.clone();
+        let limits = current.load().limits.clone();
         // The next head: the idle timeout until its first byte, the header timeout from there.
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut idle_since: Option<tokio::time::Instant> = None;
@@ -172,8 +175,7 @@ where
             return Exit::HandOver(io, rest.freeze());
         };
         let request = request.map(|()| RequestBody::Bytes(body));
-        let proxy = shared.proxy.load_full();
-        let response = proxy.handle(request, info.clone()).await;
+        let response = current.load().handle(request, info.clone()).await;
         let close = close_asked || closed || *shared.closing.borrow();
         match write_response(&mut io, &mut out, response, head_request, close).await {
             Ok(true) if !close => {}
