@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod install;
+mod jwt;
 mod setup;
 mod test;
 mod util;
