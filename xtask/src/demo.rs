@@ -190,12 +190,19 @@ pub fn run(opts: Options) -> Result<()> {
     lab.start_upstreams(&example)?;
     lab.start_gateway(&example)?;
     let mut story = Story::new(&lab, example, keys);
-    story.authorised()?;
-    story.unauthorised()?;
-    story.malicious()?;
-    story.ban()?;
-    story.flood()?;
-    story.summary()?;
+    let told = (|| {
+        story.authorised()?;
+        story.unauthorised()?;
+        story.malicious()?;
+        story.ban()?;
+        story.flood()?;
+        story.summary()
+    })();
+    if let Err(error) = told {
+        // What the daemon said may explain it.
+        eprintln!("{}", lab.log_tail());
+        return Err(error.context("the story did not happen as told"));
+    }
     println!(
         "\ndemo finished in {:.0} s: every step happened as told; cleaning up",
         started.elapsed().as_secs_f64()
@@ -424,6 +431,10 @@ impl Lab {
             let mut live = self.live();
             for ns in [client, attacker, lan, gateway, upstream] {
                 live.netns.push(ns.clone());
+                if net::netns_path(ns).exists() {
+                    // Left by an earlier run whose pid we now have.
+                    ip(&["netns", "del", ns])?;
+                }
                 ip(&["netns", "add", ns])?;
                 // IPv4 only: no IPv6 router solicitations or DAD in the counters.
                 exec(
