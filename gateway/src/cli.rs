@@ -454,9 +454,17 @@ fn format_list(entries: &Value) -> String {
         return "(empty)\n".into();
     }
     let mut out = String::new();
+    // Origins are `cli` or `auto:RULE`, rule names as long as their authors like.
+    let origin = entries
+        .iter()
+        .filter_map(|e| e["origin"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+        .max(14);
     let _ = writeln!(
         out,
-        "{:<43} {:<14} {:<20} {:<12} REASON",
+        "{:<43} {:<origin$} {:<20} {:<12} REASON",
         "NET", "ORIGIN", "ADDED", "EXPIRES IN"
     );
     for e in entries {
@@ -466,7 +474,7 @@ fn format_list(entries: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<43} {:<14} {:<20} {:<12} {}",
+            "{:<43} {:<origin$} {:<20} {:<12} {}",
             e["net"].as_str().unwrap_or(""),
             e["origin"].as_str().unwrap_or(""),
             e["added"].as_str().unwrap_or(""),
@@ -537,7 +545,8 @@ fn format_stats(data: &Value) -> String {
                 "{:<40} {:<18} {packets:>12} {:>8}  {}",
                 r["source"].as_str().unwrap_or(""),
                 r["reason"].as_str().unwrap_or(""),
-                r["events"],
+                // A number, not a `Value`: `Value`'s Display ignores the width.
+                r["events"].as_u64().unwrap_or(0),
                 r["last_seen"].as_str().unwrap_or("")
             );
         }
@@ -548,6 +557,41 @@ fn format_stats(data: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_keep_their_columns() {
+        let list = serde_json::json!([
+            {"net": "198.51.100.7", "origin": "auto:bad-credentials", "added": "2026-11-23T10:00:00Z",
+             "expires_in_s": 3600, "reason": "20 refusals in 1m"},
+            {"net": "203.0.113.0/24", "origin": "cli", "added": "2026-11-23T10:00:01Z",
+             "expires_in_s": null, "reason": "scanner"},
+        ]);
+        let text = format_list(&list);
+        let column = |line: &str, word: &str| line.find(word).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            column(lines[0], "ADDED"),
+            column(lines[1], "2026"),
+            "{text}"
+        );
+        assert_eq!(column(lines[1], "2026"), column(lines[2], "2026"), "{text}");
+        let stats = serde_json::json!({
+            "xdp": {}, "ratelimit": {}, "lists": {},
+            "top": [{"source": "198.51.100.7", "reason": "dropped_blocklist", "packets": 15011,
+                     "events": 6, "error": 0, "last_seen": "2026-11-23T10:00:02Z"}],
+        });
+        let text = format_stats(&stats);
+        let header = text.lines().find(|l| l.starts_with("SOURCE")).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("198.51.100.7"))
+            .unwrap();
+        assert_eq!(
+            header.find("EVENTS").unwrap() + "EVENTS".len(),
+            row.find(" 6 ").unwrap() + 2,
+            "{text}"
+        );
+    }
 
     #[test]
     fn feeds_parse_with_comments_and_report_bad_lines() {

@@ -1428,21 +1428,52 @@ mod tests {
         let api = &c.upstreams["api"];
         assert_eq!(api.targets[1].weight, 2);
         assert_eq!(api.health_check, Some(HealthCheckConfig::default()));
-        assert_eq!(c.routes.len(), 5);
-        let orders = c.routes[4].validate.as_ref().unwrap();
-        assert_eq!(orders.methods, ["GET", "POST"]);
-        assert_eq!(orders.max_body_bytes, Some(65536));
+        let names: Vec<&str> = c.routes.iter().filter_map(|r| r.name.as_deref()).collect();
+        // orders before api, whose /v1 prefix would otherwise take orders requests past auth.
+        assert_eq!(names, ["health", "users", "orders", "api", "public"]);
+        let orders = &c.routes[2];
+        let validate = orders.validate.as_ref().unwrap();
+        assert_eq!(validate.methods, ["GET", "POST"]);
+        assert_eq!(validate.max_body_bytes, Some(65536));
         assert_eq!(
-            c.routes[4].inspect.as_ref().unwrap().mode,
+            orders.inspect.as_ref().unwrap().mode,
             crate::proxy::inspect::InspectMode::Block
         );
-        let public = &c.routes[3];
+        let auth = orders.auth.as_ref().unwrap();
+        assert_eq!(auth.providers, ["corp", "partners"]);
+        assert_eq!(auth.scopes, ["orders:read"]);
+        let public = &c.routes[4];
         assert_eq!(public.rate_limits[0].burst, Some(20));
         assert_eq!(public.rate_limits[1].key, "route");
         let cors = public.cors.as_ref().unwrap();
         assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
-        assert_eq!(c.routes[2].timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.routes[3].timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.routes[1].rewrite.as_deref(), Some("/users/{id}"));
+        // The providers: key files relative to the example, every other key a default.
+        use crate::proxy::auth::{
+            config::{ApiKeyConfig, JwtConfig},
+            ProviderConfig,
+        };
+        let examples = path.parent().unwrap();
+        assert_eq!(
+            c.auth.providers["corp"],
+            ProviderConfig::Jwt(JwtConfig {
+                algorithms: vec![jsonwebtoken::Algorithm::RS256],
+                issuer: Some("https://idp.example.com/".into()),
+                audiences: vec!["api".into()],
+                public_key_file: Some(examples.join("keys/idp.pem")),
+                ..JwtConfig::default()
+            })
+        );
+        assert_eq!(
+            c.auth.providers["partners"],
+            ProviderConfig::ApiKey(ApiKeyConfig {
+                keys_file: Some(examples.join("keys/partners.toml")),
+                ..ApiKeyConfig::default()
+            })
+        );
+        assert_eq!(c.auth.providers.len(), 2);
+        assert_eq!(c.auth.realm, "gateway");
         assert_eq!(
             c.admin.metrics_listen,
             Some("127.0.0.1:9901".parse().unwrap())
@@ -1474,6 +1505,7 @@ mod tests {
                 },
             )]),
             routes: c.routes.clone(),
+            auth: c.auth.clone(),
             admin: AdminConfig {
                 metrics_listen: c.admin.metrics_listen,
                 ..AdminConfig::default()

@@ -63,7 +63,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let bin = opts.prefix.join("bin/gateway");
     println!(
-        "\nnext:\n  edit /etc/gateway/gateway.toml (at least xdp.interface), then\n  {bin} check-config /etc/gateway/gateway.toml\n  systemctl daemon-reload\n  systemctl enable --now gateway\n  {bin} stats",
+        "\nnext:\n  edit /etc/gateway/gateway.toml (at least xdp.interface, and the auth key files it\n  names under /etc/gateway/keys/, or remove those providers), then\n  {bin} check-config /etc/gateway/gateway.toml\n  systemctl daemon-reload\n  systemctl enable --now gateway\n  {bin} stats",
         bin = bin.display()
     );
     Ok(())

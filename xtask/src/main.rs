@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod install;
+mod jwt;
 mod setup;
 mod test;
 mod util;
@@ -35,12 +36,15 @@ enum Verb {
     Test(test::Options),
     /// Run a benchmark.
     Bench(bench::Options),
-    /// Build, then show the XDP layer dropping blocked and flooding sources between two network
-    /// namespaces (as root).
+    /// Build, then tell the whole story in network namespaces (as root): authorised,
+    /// unauthorised and malicious requests, an auto-ban, a flood, and what the gateway counted.
     Demo(demo::Options),
-    /// Send UDP datagrams from a given source (used by the demo inside a namespace).
+    /// Send UDP datagrams from given sources (used by the demo inside a namespace).
     #[command(hide = true)]
     DemoSend(demo::SendOptions),
+    /// Serve HTTP as a named upstream (used by the demo inside a namespace).
+    #[command(hide = true)]
+    DemoUpstream(demo::UpstreamOptions),
 }
 
 #[derive(Args, Debug)]
@@ -63,5 +67,6 @@ fn main() -> Result<()> {
         Verb::Bench(opts) => bench::run(opts),
         Verb::Demo(opts) => demo::run(opts),
         Verb::DemoSend(opts) => demo::send(opts),
+        Verb::DemoUpstream(opts) => demo::upstream(opts),
     }
 }

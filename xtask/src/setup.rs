@@ -9,7 +9,7 @@ use crate::util::{self, exec};
 
 /// Debian packages: the first four are what bpf-linker links against, the rest are run by the
 /// tests, the demo and the XDP benchmark (systemd for `systemd-analyze verify` of the unit,
-/// util-linux for nsenter and setpriv). The proxy benchmark installs its own on demand
+/// util-linux for nsenter and setpriv, openssl for the demo's keys and tokens). The proxy benchmark installs its own on demand
 /// (`bench::proxy::DEBIAN_PACKAGES`), so that a plain setup does not bring in nginx.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -24,6 +24,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "systemd",
     "util-linux",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::util::{output, toml_string};
+use crate::{
+    jwt::sign,
+    util::{output, toml_string},
+};
 
 /// The body every secured case (and its plain baseline) posts.
 pub const POST_BODY: &str = r#"{"item":"bench","quantity":3,"note":"hello"}"#;
@@ -187,45 +190,6 @@ impl Tokens {
     }
 }
 
-/// `header.claims.signature` with `openssl dgst -sha256 ARGS -binary`.
-fn sign(header: &str, claims: &str, args: &[&str]) -> Result<String> {
-    let input = format!(
-        "{}.{}",
-        b64url(header.as_bytes()),
-        b64url(claims.as_bytes())
-    );
-    let file = std::env::temp_dir().join(format!("gateway-bench-jwt-{}", std::process::id()));
-    std::fs::write(&file, &input)?;
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-binary"])
-        .args(args)
-        .arg(&file)
-        .output()
-        .context("running openssl dgst")?;
-    let _ = std::fs::remove_file(&file);
-    ensure!(
-        out.status.success(),
-        "openssl dgst failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(format!("{input}.{}", b64url(&out.stdout)))
-}
-
-fn b64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 /// The gateway's providers and routes beyond the plain GET one (they go before it, which
 /// matches every path): `/plain` (a POST, no security), and the secured `/hs`, `/rs` and
 /// `/rs-uncached`.
@@ -334,18 +298,4 @@ pub fn haproxy_config_text(
         secret = secret.trim(),
         public = tokens.rs_public.display(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64url_without_padding() {
-        assert_eq!(b64url(b""), "");
-        assert_eq!(b64url(b"f"), "Zg");
-        assert_eq!(b64url(b"fo"), "Zm8");
-        assert_eq!(b64url(b"foo"), "Zm9v");
-        assert_eq!(b64url(b"\xfb\xff"), "-_8");
-    }
 }
