@@ -1396,6 +1396,8 @@ mod tests {
             assert!(seen.insert(ids.next().to_str().unwrap().to_string()));
             assert!(seen.insert(other.next().to_str().unwrap().to_string()));
         }
-        assert!(seen.iter().all(|id| valid_request_id(&HeaderValue::from_str(id).unwrap())));
+        assert!(seen
+            .iter()
+            .all(|id| valid_request_id(&HeaderValue::from_str(id).unwrap())));
     }
 }

@@ -245,7 +245,6 @@ impl Limit {
             },
         )
     }
-
 }
 
 /// The table's keys are already keyed hashes: used as they are.

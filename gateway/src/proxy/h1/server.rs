@@ -114,8 +114,9 @@ where
             }
             let wait = match deadline {
                 Some(d) => d,
-                None => *idle_since.get_or_insert_with(tokio::time::Instant::now)
-                    + limits.idle_timeout,
+                None => {
+                    *idle_since.get_or_insert_with(tokio::time::Instant::now) + limits.idle_timeout
+                }
             };
             if armed > wait || timer.is_elapsed() {
                 timer.as_mut().reset(wait);

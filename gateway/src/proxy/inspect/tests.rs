@@ -831,7 +831,8 @@ fn clean_texts_are_remembered_per_rule_set_and_findings_never() {
     // Findings are worked out every time, next to clean texts that are remembered.
     for _ in 0..3 {
         assert_eq!(hit(&all, Path, "/docs/readme"), None);
-        assert!(hit(&all, Path, "/docs/..%2f..%2fetc%2fpasswd").is_some_and(|id| id.starts_with("trav")));
+        assert!(hit(&all, Path, "/docs/..%2f..%2fetc%2fpasswd")
+            .is_some_and(|id| id.starts_with("trav")));
     }
     // The set starts over when full and keeps answering right.
     for i in 0..CLEAN_TEXTS + 10 {
