@@ -49,6 +49,8 @@ pub struct Shared {
     open: AtomicUsize,
     /// Turns true when the daemon shuts down: connections finish their requests and close.
     pub(super) closing: watch::Sender<bool>,
+    /// The same, for a look between requests without taking the channel's lock.
+    pub(super) closing_now: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             proxy: ArcSwap::from_pointee(proxy),
             open: AtomicUsize::new(0),
             closing: watch::channel(false).0,
+            closing_now: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -270,6 +273,7 @@ impl Listeners {
         for (_, r) in self.running.drain() {
             r.stop().await;
         }
+        self.shared.closing_now.store(true, Relaxed);
         let _ = self.shared.closing.send(true);
         let until = Instant::now() + deadline;
         while self.shared.open.load(Relaxed) > 0 && Instant::now() < until {

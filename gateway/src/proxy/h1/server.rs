@@ -177,7 +177,11 @@ where
         };
         let request = request.map(|()| RequestBody::Bytes(body));
         let response = current.load().handle(request, info.clone()).await;
-        let close = close_asked || closed || *shared.closing.borrow();
+        let close = close_asked
+            || closed
+            || shared
+                .closing_now
+                .load(std::sync::atomic::Ordering::Relaxed);
         match write_response(&mut io, &mut out, response, head_request, close).await {
             Ok(true) if !close => {}
             _ => {
