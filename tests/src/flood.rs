@@ -17,8 +17,14 @@
 //! redirected frames), and it runs threaded, so its receive work happens in one kernel thread
 //! that can be pinned and whose CPU time can be read.
 //!
+//! Two flood generators: trafgen in the attacker namespace, whose frames the redirect hop turns
+//! into XDP frames (after veth has copied each one out of its socket buffer), and
+//! [`xdp_flood`], which makes XDP frames in the hop itself with `BPF_PROG_TEST_RUN` (live frames,
+//! from a page pool, as a NIC driver's are) and redirects them the same way, several times
+//! faster on one core.
+//!
 //! Every name carries the process id and a counter; `Drop` removes the namespaces (and with them
-//! the veths and the XDP link), also when a test panics.
+//! the veths and the XDP links), also when a test panics.
 
 use std::{
     fs,
@@ -299,9 +305,23 @@ impl Topology {
 
     /// Attaches the redirect hop on `a1`: every frame goes to `h0`, hence to `g0` as an XDP
     /// frame. Detached when the returned value drops (or the namespace goes).
-    pub fn redirect_hop(&self) -> RedirectHop {
+    pub fn redirect_hop(&self) -> XdpLink {
         let (a1, h0) = (self.a1.clone(), self.h0.clone());
-        in_netns(&self.hop_ns, move || RedirectHop::attach(&a1, &h0))
+        in_netns(&self.hop_ns, move || XdpLink::redirect(&a1, &h0))
+    }
+
+    /// Attaches a program that passes every frame to `g0`, so that frames arrive there as XDP
+    /// frames and take the same path into the stack whether or not the gateway's program is
+    /// attached. Detached when the returned value drops.
+    pub fn pass_on_g0(&self) -> XdpLink {
+        let g0 = self.g0.clone();
+        in_netns(&self.gw_ns, move || XdpLink::pass(&g0))
+    }
+
+    /// Attaches a program that drops every frame to `g0`.
+    pub fn drop_on_g0(&self) -> XdpLink {
+        let g0 = self.g0.clone();
+        in_netns(&self.gw_ns, move || XdpLink::drop_all(&g0))
     }
 
     /// The kernel thread of `g0`'s NAPI instance (threaded mode): its pid.
@@ -309,9 +329,43 @@ impl Topology {
         napi_thread(&self.g0)
     }
 
-    /// Pins `g0`'s NAPI thread to `cpu`.
-    pub fn pin_napi(&self, cpu: usize) {
+    /// Pins `g0`'s NAPI thread to `cpu`; returns its pid.
+    pub fn pin_napi(&self, cpu: usize) -> i32 {
         let pid = self.napi_thread().expect("g0 has a NAPI thread");
+        sh("taskset", &["-p", "-c", &cpu.to_string(), &pid.to_string()]);
+        pid
+    }
+
+    /// Gives `h0` (the hop's end facing the gateway) a threaded NAPI instance pinned to `cpu`:
+    /// what the gateway sends (answers to the flood, when nothing drops it) is then received
+    /// and routed by the hop on that CPU, not in a softirq on the gateway's receive CPU, where
+    /// it would be charged to the gateway's receive thread.
+    pub fn hop_receives_on(&self, cpu: usize) {
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.hop_ns,
+                "ethtool",
+                "-K",
+                &self.h0,
+                "gro",
+                "on",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.hop_ns,
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{}/threaded", self.h0),
+            ],
+        );
+        let pid = napi_thread(&self.h0).expect("h0 has a NAPI thread");
         sh("taskset", &["-p", "-c", &cpu.to_string(), &pid.to_string()]);
     }
 }
@@ -345,22 +399,44 @@ pub fn napi_thread(dev: &str) -> Option<i32> {
     })
 }
 
-/// CPU time (user + system) of a process or thread, in nanoseconds (from `/proc/PID/stat`, so
-/// in clock ticks of 10 ms).
+/// CPU time of a thread, in nanoseconds: the scheduler's own sum of its run time
+/// (`/proc/PID/schedstat`, first field), exact rather than sampled in clock ticks. Without
+/// `CONFIG_IRQ_TIME_ACCOUNTING` (as here) it includes interrupts and softirqs that ran while the
+/// thread was on the CPU.
 pub fn cpu_ns(pid: i32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
+    fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How often a thread went to sleep (voluntary context switches): for a NAPI thread, the number
+/// of times it was woken to poll.
+pub fn sleeps(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs thread `pid` under SCHED_FIFO at `priority`: like softirq processing, it then runs as
+/// soon as it is woken instead of waiting behind whatever else shares its CPU.
+pub fn realtime(pid: i32, priority: i32) {
+    let param = libc::sched_param {
+        sched_priority: priority,
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    (ticks(11) + ticks(12)) * 1_000_000_000 / hz
+    // SAFETY: a valid sched_param for the duration of the call.
+    let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+    assert_eq!(
+        rc,
+        0,
+        "SCHED_FIFO for thread {pid}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A counter of `dev`'s `/sys/class/net/DEV/statistics`, read inside namespace `ns`.
@@ -373,10 +449,11 @@ pub fn dev_stat(ns: &str, dev: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// An XDP program of four instructions, `return bpf_redirect(IFINDEX, 0)`, loaded and attached
-/// (native mode, through a BPF link) with raw syscalls: a redirect hop needs nothing more, and
-/// writing it as bytecode keeps a second eBPF build out of the workspace.
-pub struct RedirectHop {
+/// A tiny XDP program loaded and attached (native mode, through a BPF link) with raw syscalls:
+/// the redirect hop and the bench's `XDP_PASS` need nothing more, and writing them as bytecode
+/// keeps a second eBPF build out of the workspace. Detached when dropped (or when its interface
+/// goes).
+pub struct XdpLink {
     _prog: OwnedFd,
     _link: OwnedFd,
 }
@@ -413,6 +490,8 @@ const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_FUNC_REDIRECT: i32 = 23;
+const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
 
 /// One BPF instruction: opcode, registers (dst low nibble, src high), offset, immediate.
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
@@ -436,55 +515,59 @@ fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> Result<i32,
     }
 }
 
-impl RedirectHop {
-    /// Must run inside the namespace of both interfaces.
-    pub fn attach(on: &str, to: &str) -> RedirectHop {
-        let index = |name: &str| {
-            let c = std::ffi::CString::new(name).unwrap();
-            // SAFETY: a valid C string.
-            let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-            assert!(i > 0, "no interface {name}");
-            i
-        };
-        let (on_index, to_index) = (index(on), index(to));
+/// The index of interface `name` in the calling thread's namespace.
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i > 0, "no interface {name}");
+    i
+}
+
+impl XdpLink {
+    /// `return bpf_redirect(ifindex(to), 0)` on `on`. Must run inside the namespace of both
+    /// interfaces.
+    pub fn redirect(on: &str, to: &str) -> XdpLink {
         let program = [
-            insn(0xb7, 1, 0, 0, to_index as i32), // r1 = ifindex (mov64 imm)
-            insn(0xb7, 2, 0, 0, 0),               // r2 = 0 (flags)
-            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT), // call bpf_redirect
-            insn(0x95, 0, 0, 0, 0),               // exit
+            insn(0xb7, 1, 0, 0, ifindex(to) as i32), // r1 = ifindex (mov64 imm)
+            insn(0xb7, 2, 0, 0, 0),                  // r2 = 0 (flags)
+            insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),  // call bpf_redirect
+            insn(0x95, 0, 0, 0, 0),                  // exit
         ];
-        let license = b"GPL\0";
-        let mut log = vec![0u8; 4096];
-        let mut name = [0u8; 16];
-        name[..12].copy_from_slice(b"flood_redir\0");
-        let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_XDP,
-            insn_cnt: program.len() as u32,
-            insns: program.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: 1,
-            log_size: log.len() as u32,
-            log_buf: log.as_mut_ptr() as u64,
-            prog_name: name,
-            ..Default::default()
-        };
-        let prog = bpf(
-            BPF_PROG_LOAD,
-            &attr as *const _ as *const libc::c_void,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-        .unwrap_or_else(|e| {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            panic!(
-                "loading the redirect hop: {e}\n{}",
-                String::from_utf8_lossy(&log[..end])
-            )
-        });
-        // SAFETY: a new fd the kernel just returned to us.
-        let prog = unsafe { OwnedFd::from_raw_fd(prog) };
+        XdpLink::attach(on, b"flood_redir", &program)
+    }
+
+    /// `return XDP_PASS` on `on`. Must run inside `on`'s namespace.
+    pub fn pass(on: &str) -> XdpLink {
+        let program = [
+            insn(0xb7, 0, 0, 0, XDP_PASS), // r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0),        // exit
+        ];
+        XdpLink::attach(on, b"flood_pass", &program)
+    }
+
+    /// Reads the frame's IPv4 source address and returns `XDP_DROP` on `on`: about the least a
+    /// drop by source address can cost. Must run inside `on`'s namespace.
+    pub fn drop_all(on: &str) -> XdpLink {
+        let program = [
+            insn(0x61, 2, 1, 0, 0),        // r2 = ctx->data
+            insn(0x61, 3, 1, 4, 0),        // r3 = ctx->data_end
+            insn(0xb7, 0, 0, 0, XDP_DROP), // r0 = XDP_DROP
+            insn(0xbf, 4, 2, 0, 0),        // r4 = r2
+            insn(0x07, 4, 0, 0, 30),       // r4 += 30
+            insn(0x2d, 4, 3, 1, 0),        // if r4 > data_end goto exit
+            insn(0x61, 0, 2, 26, 0),       // r0 = *(u32 *)(r2 + 26): the source address
+            insn(0xb7, 0, 0, 0, XDP_DROP), // r0 = XDP_DROP
+            insn(0x95, 0, 0, 0, 0),        // exit
+        ];
+        XdpLink::attach(on, b"flood_drop", &program)
+    }
+
+    fn attach(on: &str, name: &[u8], program: &[u64]) -> XdpLink {
+        let prog = XdpLink::load(name, program);
         let attr = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
-            target_ifindex: on_index,
+            target_ifindex: ifindex(on),
             attach_type: BPF_XDP,
             flags: XDP_FLAGS_DRV_MODE,
         };
@@ -493,14 +576,273 @@ impl RedirectHop {
             &attr as *const _ as *const libc::c_void,
             std::mem::size_of::<LinkCreateAttr>(),
         )
-        .unwrap_or_else(|e| panic!("attaching the redirect hop to {on}: {e}"));
-        // SAFETY: as above.
+        .unwrap_or_else(|e| {
+            panic!(
+                "attaching XDP program {} to {on}: {e}",
+                String::from_utf8_lossy(name)
+            )
+        });
+        // SAFETY: a new fd the kernel just returned to us.
         let link = unsafe { OwnedFd::from_raw_fd(link) };
-        RedirectHop {
+        XdpLink {
             _prog: prog,
             _link: link,
         }
     }
+
+    /// Loads an XDP program; returns its fd.
+    fn load(name: &[u8], program: &[u64]) -> OwnedFd {
+        let license = b"GPL\0";
+        let mut prog_name = [0u8; 16];
+        prog_name[..name.len()].copy_from_slice(name);
+        let load = |log: &mut [u8]| {
+            let attr = ProgLoadAttr {
+                prog_type: BPF_PROG_TYPE_XDP,
+                insn_cnt: program.len() as u32,
+                insns: program.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level: u32::from(!log.is_empty()),
+                log_size: log.len() as u32,
+                log_buf: if log.is_empty() {
+                    0
+                } else {
+                    log.as_mut_ptr() as u64
+                },
+                prog_name,
+                ..Default::default()
+            };
+            bpf(
+                BPF_PROG_LOAD,
+                &attr as *const _ as *const libc::c_void,
+                std::mem::size_of::<ProgLoadAttr>(),
+            )
+        };
+        // Without a log first: a verbose verifier log that does not fit fails the load.
+        let prog = load(&mut []).unwrap_or_else(|e| {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = load(&mut log);
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            panic!(
+                "loading XDP program {}: {e}\n{}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(&log[..end])
+            )
+        });
+        // SAFETY: a new fd the kernel just returned to us.
+        unsafe { OwnedFd::from_raw_fd(prog) }
+    }
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// The IP ID, TCP sequence number and source port the templates of [`xdp_flood`] carry, and
+/// around which its program varies them.
+const TEMPLATE_ID: u16 = 0x1000;
+const TEMPLATE_SPORT: u16 = 0x8000;
+const TEMPLATE_SEQ: u32 = 0x8000_1000;
+
+/// A 60-byte IPv4 frame of `kind` (UDP or TCP SYN) from `198.19.255.0` to the gateway's TLS
+/// port, checksums right, with the template fields above.
+fn template(kind: Flood, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    fn sum(bytes: &[u8]) -> u32 {
+        bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    }
+    fn fold(mut s: u32) -> u16 {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+    let tcp = matches!(kind, Flood::SynBlocked | Flood::SynRate);
+    let (proto, l4_len) = if tcp { (6u8, 20u16) } else { (17, 26) };
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let ip_start = f.len();
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(20 + l4_len).to_be_bytes());
+    f.extend_from_slice(&TEMPLATE_ID.to_be_bytes());
+    f.extend_from_slice(&0x4000u16.to_be_bytes());
+    f.extend_from_slice(&[64, proto, 0, 0]);
+    f.extend_from_slice(&[198, 19, 255, 0]);
+    f.extend_from_slice(&GW.octets());
+    let c = fold(sum(&f[ip_start..ip_start + 20]));
+    f[ip_start + 10..ip_start + 12].copy_from_slice(&c.to_be_bytes());
+    let l4 = f.len();
+    f.extend_from_slice(&TEMPLATE_SPORT.to_be_bytes());
+    f.extend_from_slice(&TLS_PORT.to_be_bytes());
+    if tcp {
+        f.extend_from_slice(&TEMPLATE_SEQ.to_be_bytes());
+        f.extend_from_slice(&0u32.to_be_bytes());
+        f.extend_from_slice(&[0x50, 0x02]);
+        f.extend_from_slice(&64240u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        let mut pseudo = f[ip_start + 12..ip_start + 20].to_vec();
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&20u16.to_be_bytes());
+        let c = fold(sum(&pseudo) + sum(&f[l4..l4 + 20]));
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    } else {
+        // UDP checksum 0: none, valid over IPv4.
+        f.extend_from_slice(&26u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&[0x5a; 18]);
+    }
+    f.resize(60, 0);
+    f
+}
+
+/// The generator's XDP program: gives each frame a random host of `198.19.255.0/24` and a random
+/// source port, keeps the checksums right without recomputing them (the IP ID, and for TCP the
+/// sequence number, change by as much as the address and the port, the other way), and
+/// redirects it to `to_index`.
+fn generator_program(to_index: u32) -> Vec<u64> {
+    let (r0, r1, r2, r3, r4, r5, r6, r7, r8, r9) = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9);
+    let mov = |d, s| insn(0xbf, d, s, 0, 0);
+    let movi = |d, imm| insn(0xb7, d, 0, 0, imm);
+    let ldxw = |d, s, off| insn(0x61, d, s, off, 0);
+    let ldxb = |d, s, off| insn(0x71, d, s, off, 0);
+    let stxb = |d, off, s| insn(0x73, d, s, off, 0);
+    let rsh = |d, imm| insn(0x77, d, 0, 0, imm);
+    let and = |d, imm| insn(0x57, d, 0, 0, imm);
+    let sub = |d, s| insn(0x1f, d, s, 0, 0);
+    let program = vec![
+        mov(r6, r1),
+        ldxw(r7, r6, 0), // data
+        ldxw(r8, r6, 4), // data_end
+        mov(r2, r7),
+        insn(0x07, r2, 0, 0, 42), // r2 += 42: through the TCP sequence number
+        insn(0x2d, r2, r8, 31, 0), // if r2 > data_end goto drop
+        insn(0x85, 0, 0, 0, BPF_FUNC_GET_PRANDOM_U32),
+        mov(r9, r0),
+        rsh(r9, 8),
+        and(r9, 0x7fff),  // r9: port offset s
+        and(r0, 0xff),    // r0: host h
+        stxb(r7, 29, r0), // last address byte = h
+        movi(r1, i32::from(TEMPLATE_ID)),
+        sub(r1, r0), // r1 = ID - h
+        mov(r2, r1),
+        rsh(r2, 8),
+        stxb(r7, 18, r2),
+        stxb(r7, 19, r1),
+        mov(r4, r9),
+        rsh(r4, 8),
+        insn(0x47, r4, 0, 0, 0x80), // r4 |= 0x80
+        stxb(r7, 34, r4),           // source port = 0x8000 + s
+        stxb(r7, 35, r9),
+        ldxb(r3, r7, 23),        // IP protocol
+        insn(0x55, r3, 0, 8, 6), // if not TCP goto redirect
+        stxb(r7, 40, r2),        // sequence number, low half = ID - h
+        stxb(r7, 41, r1),
+        movi(r5, i32::from(TEMPLATE_SPORT)),
+        sub(r5, r9), // high half = 0x8000 - s
+        mov(r4, r5),
+        rsh(r4, 8),
+        stxb(r7, 38, r4),
+        stxb(r7, 39, r5),
+        // redirect:
+        movi(r1, to_index as i32),
+        movi(r2, 0),
+        insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT),
+        insn(0x95, 0, 0, 0, 0),
+        // drop:
+        movi(r0, XDP_DROP),
+        insn(0x95, 0, 0, 0, 0),
+    ];
+    debug_assert_eq!(program.len(), 39);
+    program
+}
+
+/// Floods `g0` for `seconds` with XDP frames made in the hop by `BPF_PROG_TEST_RUN` in
+/// live-frames mode (as xdp-trafficgen does), as fast as one core makes them: frames from a
+/// page pool, as a NIC driver's are, each given a random host of [`BLOCKED_NET`] and a random
+/// source port by a small XDP program and redirected into `h0`, hence into `g0`'s receive ring;
+/// UDP and TCP SYN in turn, 65,536 frames at a time. Without trafgen's socket, the copy into an
+/// XDP frame at the hop and the hop's NAPI, one core makes them several times faster. Runs on
+/// `cpu`. Frames that find `g0`'s ring full are dropped at the hop ([`Topology::hop_losses`]).
+pub fn xdp_flood(topo: &Topology, seconds: f64, cpu: usize) -> Sent {
+    let dst = parse_mac(&topo.g0_mac());
+    let src = parse_mac(&mac(&topo.hop_ns, &topo.h0));
+    let h0 = topo.h0.clone();
+    in_netns(&topo.hop_ns, move || {
+        // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        let program = generator_program(ifindex(&h0));
+        let prog = XdpLink::load(b"flood_gen", &program);
+        let frames = [
+            template(Flood::UdpBlocked, dst, src),
+            template(Flood::SynBlocked, dst, src),
+        ];
+        const BURST: u32 = 1 << 16;
+        let start = Instant::now();
+        let until = start + Duration::from_secs_f64(seconds);
+        let mut sent = 0u64;
+        for frame in frames.iter().cycle() {
+            if Instant::now() >= until {
+                break;
+            }
+            let attr = TestRunAttr {
+                prog_fd: prog.as_raw_fd() as u32,
+                data_size_in: frame.len() as u32,
+                data_in: frame.as_ptr() as u64,
+                repeat: BURST,
+                flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+                batch_size: 64,
+                ..Default::default()
+            };
+            bpf(
+                BPF_PROG_TEST_RUN,
+                &attr as *const _ as *const libc::c_void,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+            .unwrap_or_else(|e| panic!("running the flood generator: {e}"));
+            sent += u64::from(BURST);
+        }
+        Sent {
+            packets: sent,
+            tx_packets: sent,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    })
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("a MAC address");
+    }
+    mac
 }
 
 /// Kinds of flood packets, sent round robin by one trafgen run.
@@ -842,5 +1184,84 @@ pub fn wait_for_quiet(limit: Duration) -> bool {
             return false;
         }
         thread::sleep(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one's-complement sum of `bytes` folded to 16 bits: 0xffff over a header whose
+    /// checksum is right.
+    fn folded(bytes: &[u8]) -> u16 {
+        let mut s: u32 = bytes
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    fn checksums_right(f: &[u8]) -> bool {
+        let ip = &f[14..34];
+        let ip_ok = folded(ip) == 0xffff;
+        let tcp_ok = f[23] != 6 || {
+            let mut pseudo = f[26..34].to_vec();
+            pseudo.extend_from_slice(&[0, 6, 0, 20]);
+            pseudo.extend_from_slice(&f[34..54]);
+            folded(&pseudo) == 0xffff
+        };
+        ip_ok && tcp_ok
+    }
+
+    /// What `generator_program` does to a frame, for host `h` and port offset `s`.
+    fn vary(f: &mut [u8], h: u8, s: u16) {
+        f[29] = h;
+        let id = TEMPLATE_ID - u16::from(h);
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[34..36].copy_from_slice(&(TEMPLATE_SPORT | s).to_be_bytes());
+        if f[23] == 6 {
+            f[40..42].copy_from_slice(&id.to_be_bytes());
+            f[38..40].copy_from_slice(&(TEMPLATE_SPORT - s).to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn the_generator_keeps_checksums_right() {
+        for kind in [Flood::UdpBlocked, Flood::SynBlocked] {
+            let template = template(kind, [2; 6], [4; 6]);
+            assert_eq!(template.len(), 60);
+            assert!(checksums_right(&template), "{kind:?} template");
+            for (h, s) in [(0, 0), (1, 1), (255, 0x7fff), (77, 12345), (128, 0x4000)] {
+                let mut f = template.clone();
+                vary(&mut f, h, s);
+                assert!(
+                    checksums_right(&f),
+                    "{kind:?} from host {h}, port offset {s}"
+                );
+                assert_eq!(&f[26..30], &[198, 19, 255, h]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_generator_program_has_its_jumps_right() {
+        let program = generator_program(7);
+        let op = |i: usize| program[i] as u8;
+        let off = |i: usize| (program[i] >> 16) as u16 as i16;
+        // The bounds check jumps to `r0 = XDP_DROP; exit`, the protocol check to the redirect.
+        let drop = (5 + 1 + off(5)) as usize;
+        assert_eq!(
+            (op(5), op(drop), (program[drop] >> 32) as i32),
+            (0x2d, 0xb7, XDP_DROP)
+        );
+        let redirect = (24 + 1 + off(24)) as usize;
+        assert_eq!(
+            (op(24), op(redirect), (program[redirect] >> 32) as i32),
+            (0x55, 0xb7, 7)
+        );
+        assert_eq!(op(program.len() - 1), 0x95);
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench flood`: the legitimate client's throughput and p99 with no flood, with a
 //! flood and XDP, with the same blocklist in nftables (netdev ingress) and with no protection,
-//! plus packets dropped per second and the gateway's receive CPU per dropped packet, in one run.
+//! plus packets dropped per second and the gateway's receive CPU per dropped packet (over
+//! several rounds, under a maximum and a fixed load), in one run.
 //! The measuring is `tests/src/bin/flood_bench.rs` (it shares the flood test's namespaces, redirect
 //! hop and trafgen runner); this module installs what it needs, builds and runs it.
 
@@ -19,11 +20,14 @@ const DEBIAN_PACKAGES: &[&str] = &["netsniff-ng", "nftables", "ethtool"];
 
 #[derive(Args, Debug)]
 pub struct Options {
-    /// Seconds of flood per case.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=30))]
+    /// Seconds of flood per measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=30))]
     pub duration: u32,
-    /// Flood rate in packets per second; 0: as fast as trafgen goes.
-    #[arg(long, default_value_t = 0)]
+    /// Rounds of the receive-CPU measurement.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
+    /// Rate of the fixed load in packets per second (trafgen); 0 leaves it out.
+    #[arg(long, default_value_t = 100_000)]
     pub pps: u64,
     /// Where to write the results as JSON [default: target/bench/flood.json].
     #[arg(long, value_name = "PATH")]
@@ -61,6 +65,7 @@ pub fn run(opts: Options) -> Result<()> {
             .arg("--out")
             .arg(&out)
             .args(["--duration", &opts.duration.to_string()])
+            .args(["--rounds", &opts.rounds.to_string()])
             .args(["--pps", &opts.pps.to_string()]),
     )
 }
