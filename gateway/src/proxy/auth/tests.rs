@@ -354,6 +354,11 @@ async fn missing_and_malformed_credentials() {
         vec![("authorization", "Bearer ".to_string())],
         vec![("authorization", format!("Bearer {token} extra"))],
         vec![("authorization", "Bearer a\"b".to_string())],
+        vec![("authorization", format!("Bearer {token}\u{e9}"))],
+        vec![("authorization", format!("Bearer {token}\t"))],
+        vec![("authorization", "Bearer ==".to_string())],
+        vec![("authorization", "Basic dXNlcjpwYXNz\u{e9}".to_string())],
+        vec![("authorization", "B@sic dXNlcjpwYXNz".to_string())],
         vec![
             ("authorization", bearer(&token)),
             ("x-api-key", "good-key".into()),
@@ -372,6 +377,10 @@ async fn missing_and_malformed_credentials() {
             .unwrap()
             .contains("error=\"invalid_request\""));
     }
+    // The scheme in any case, spaces around the token.
+    let spaced = format!("bEaReR   {token}  ");
+    let who = p.check(&mut parts(&[("authorization", &spaced)])).await;
+    assert_eq!(who.unwrap().unwrap().subject, "alice");
     // Another scheme is not our credential: as if there were none.
     let r = refused(&p, &[("authorization", "Basic dXNlcjpwYXNz")]).await;
     assert_eq!(r.rule, "auth:missing");
@@ -731,4 +740,24 @@ fn the_valid_token_of_the_properties_passes() {
     let p = auth.policy(&route("providers = [\"hs\"]")).unwrap();
     let mut req = parts(&[("authorization", &bearer(valid_token()))]);
     assert!(runtime().block_on(p.check(&mut req)).unwrap().is_some());
+}
+
+#[test]
+fn token68_is_exactly_the_rfc_alphabet() {
+    for b in 0..=255u8 {
+        let expected = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+        assert_eq!(super::is_token68(&[b]), expected, "byte {b:#x}");
+        // And anywhere in a long token (the check works on many bytes at once).
+        let mut long = vec![b'a'; 100];
+        long[37] = b;
+        assert_eq!(
+            super::is_token68(&long),
+            expected,
+            "byte {b:#x} in a long token"
+        );
+    }
+    assert_eq!(super::trim_byte(b"  a b  ", b' ', true), b"a b");
+    assert_eq!(super::trim_byte(b"ab==", b'=', false), b"ab");
+    assert_eq!(super::trim_byte(b"==ab", b'=', false), b"==ab");
+    assert_eq!(super::trim_byte(b"   ", b' ', true), b"");
 }
