@@ -293,7 +293,8 @@ impl RequestIds {
                 out[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
             }
         }
-        HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&out))
+        // Owned by a reference-counted allocation: the clone for the upstream request is free.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(out))
             .expect("hex digits are a valid header value")
     }
 }
@@ -672,11 +673,12 @@ impl Proxy {
         // A body in memory can be sent again; one still arriving only once.
         let resendable = !matches!(body, Payload::Stream(_));
         let mut body = Some(body);
-        let path_and_query = match (parts.uri.query(), f.path.contains('?')) {
-            (Some(q), true) => format!("{}&{q}", f.path),
-            (Some(q), false) => format!("{}?{q}", f.path),
-            (None, _) => f.path.to_string(),
-        };
+        let path_and_query: std::borrow::Cow<'_, str> =
+            match (parts.uri.query(), f.path.contains('?')) {
+                (Some(q), true) => format!("{}&{q}", f.path).into(),
+                (Some(q), false) => format!("{}?{q}", f.path).into(),
+                (None, _) => f.path.into(),
+            };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarding(&mut parts.headers, f.conn, f.host, f.id_value);
         let client_ip = f.client_ip;
@@ -1241,8 +1243,10 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>, 
 
 /// `prior, parts...` (or `parts...` when there is no prior) as a header value.
 fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
-    let len = parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(prior.len() + 2 + len);
+    let sep = if prior.is_empty() { 0 } else { 2 };
+    let len = prior.len() + sep + parts.iter().map(|p| p.len()).sum::<usize>();
+    // Exactly as long as needed: `Bytes` then takes the vector over without another allocation.
+    let mut out = Vec::with_capacity(len);
     if !prior.is_empty() {
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");

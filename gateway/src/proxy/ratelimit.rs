@@ -383,7 +383,10 @@ impl Limits {
                 )
                 .with_header(hyper::header::RETRY_AFTER, &secs.to_string())
                 .with_header(RATELIMIT_POLICY, limit.policy.to_str().unwrap_or_default())
-                .with_header(RATELIMIT, &rate_item(limit, &d)));
+                .with_header(
+                    RATELIMIT,
+                    std::str::from_utf8(&rate_item(limit, &d)).unwrap_or_default(),
+                ));
             }
             if tightest.is_none_or(|t| d.remaining < t.decision.remaining) {
                 tightest = Some(Closest { index, decision: d });
@@ -403,7 +406,7 @@ impl Limits {
             return;
         };
         headers.insert(RATELIMIT_POLICY, limit.policy.clone());
-        if let Ok(v) = HeaderValue::from_str(&rate_item(limit, &closest.decision)) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(rate_item(limit, &closest.decision)) {
             headers.insert(RATELIMIT, v);
         }
     }
@@ -417,13 +420,20 @@ pub struct Closest {
 }
 
 /// `"NAME";r=REMAINING;t=SECONDS`, an item of RateLimit.
-fn rate_item(limit: &Limit, d: &Decision) -> String {
-    format!(
-        "\"{}\";r={};t={}",
-        limit.name,
-        d.remaining,
-        d.reset.as_secs_f64().ceil() as u64
-    )
+fn rate_item(limit: &Limit, d: &Decision) -> bytes::Bytes {
+    let mut numbers = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(limit.name.len() + 32);
+    out.push(b'"');
+    out.extend_from_slice(limit.name.as_bytes());
+    out.extend_from_slice(b"\";r=");
+    out.extend_from_slice(numbers.format(d.remaining).as_bytes());
+    out.extend_from_slice(b";t=");
+    out.extend_from_slice(
+        numbers
+            .format(d.reset.as_secs_f64().ceil() as u64)
+            .as_bytes(),
+    );
+    out.into()
 }
 
 #[cfg(test)]

@@ -140,7 +140,22 @@ impl Workers {
                     };
                     let _ = handle_tx.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async {
-                        let _ = stopped.await;
+                        // A timer that is always due within a second. Tokio wakes its driver,
+                        // with a syscall, whenever a timer is set earlier than the wake-up it
+                        // planned when it last went idle, which without this would happen to
+                        // the timeout of many a request (a worker with nothing else pending
+                        // plans none); with it, only timeouts under a second do.
+                        let heartbeat = async {
+                            let mut tick = tokio::time::interval(Duration::from_secs(1));
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            loop {
+                                tick.tick().await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = heartbeat => {}
+                        }
                     });
                     // Connections still open after the shutdown deadline are cut here.
                     runtime.shutdown_timeout(Duration::from_millis(100));

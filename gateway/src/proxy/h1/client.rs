@@ -240,7 +240,7 @@ fn encode(req: &Outgoing<'_>, addr: SocketAddr) -> Vec<u8> {
             &mut out,
             &[
                 b"content-length: ",
-                req.body.len().to_string().as_bytes(),
+                itoa::Buffer::new().format(req.body.len()).as_bytes(),
                 b"\r\n",
             ],
         );
@@ -321,23 +321,21 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             Err(_) => return Err(SendError::Protocol("malformed response head")),
         };
         let base = buf.as_ptr() as usize;
-        let spans: Vec<(usize, usize, usize, usize)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.as_ptr() as usize - base,
-                    h.name.len(),
-                    h.value.as_ptr() as usize - base,
-                    h.value.len(),
-                )
-            })
-            .collect();
+        // On the stack: the spans outlive the borrow of `buf` that the parser holds.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            *span = (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            );
+        }
         (
             len,
             parsed.code.unwrap_or(0),
             parsed.version == Some(1),
-            spans,
+            (spans, parsed.headers.len()),
         )
     };
     let status = StatusCode::from_u16(code).map_err(|_| SendError::Protocol("bad status code"))?;
@@ -348,8 +346,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     };
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (security headers, X-Request-Id).
-    let mut map = HeaderMap::with_capacity(spans.len() + 8);
-    for (name, name_len, value, value_len) in spans {
+    let (spans, count) = spans;
+    let mut map = HeaderMap::with_capacity(count + 8);
+    for &(name, name_len, value, value_len) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))

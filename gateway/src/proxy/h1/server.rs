@@ -361,7 +361,11 @@ where
         match exact {
             Some(n) => put(
                 out,
-                &[b"content-length: ", n.to_string().as_bytes(), b"\r\n"],
+                &[
+                    b"content-length: ",
+                    itoa::Buffer::new().format(n).as_bytes(),
+                    b"\r\n",
+                ],
             ),
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
