@@ -422,10 +422,7 @@ impl Validator {
             }
         }
         if has_body(parts) {
-            self.check_content_type(parts)?;
-            if self.schema_for(&parts.method).is_some() && !is_json(parts) {
-                return Err(unsupported("a JSON body is required (application/json)"));
-            }
+            self.check_type(parts)?;
         }
         if let Some(q) = &self.query {
             q.check(parts.uri.query().unwrap_or_default())?;
@@ -444,6 +441,8 @@ impl Validator {
         self.schema_for(&parts.method).is_some()
     }
 
+    /// Validates a body read whole against the method's schema. Runs after [`Validator::check_head`]
+    /// on the same head.
     pub fn check_body(&self, parts: &Parts, body: &[u8]) -> Result<(), Rejection> {
         let Some(schema) = self.schema_for(&parts.method) else {
             return Ok(());
@@ -451,10 +450,10 @@ impl Validator {
         if body.is_empty() && matches!(self.schemas, Schemas::All(_)) {
             return Ok(());
         }
-        // The head may not have said there is a body (HTTP/2 without content-length).
-        self.check_content_type(parts)?;
-        if !is_json(parts) {
-            return Err(unsupported("a JSON body is required (application/json)"));
+        // When the head said there is a body, `check_head` has checked its type; it may not
+        // have said so (HTTP/2 without content-length).
+        if !has_body(parts) {
+            self.check_type(parts)?;
         }
         let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
             bad(
@@ -494,11 +493,22 @@ impl Validator {
         }
     }
 
-    fn check_content_type(&self, parts: &Parts) -> Result<(), Rejection> {
+    /// The Content-Type of a request with a body: one of `content_types` (when set), and JSON
+    /// when the method's body has a schema.
+    fn check_type(&self, parts: &Parts) -> Result<(), Rejection> {
+        let t = content_type(&parts.headers);
+        self.check_content_type(t)?;
+        if self.schema_for(&parts.method).is_some() && !t.is_some_and(is_json) {
+            return Err(unsupported("a JSON body is required (application/json)"));
+        }
+        Ok(())
+    }
+
+    fn check_content_type(&self, t: Option<&str>) -> Result<(), Rejection> {
         if self.content_types.is_empty() {
             return Ok(());
         }
-        let Some(t) = content_type(&parts.headers) else {
+        let Some(t) = t else {
             return Err(unsupported("the request has a body but no Content-Type"));
         };
         let allowed = self
@@ -676,12 +686,10 @@ fn content_type(headers: &HeaderMap) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
-/// `application/json` or any `+json` type.
-fn is_json(parts: &Parts) -> bool {
-    content_type(&parts.headers).is_some_and(|t| {
-        t.eq_ignore_ascii_case("application/json")
-            || t.len() > 5 && t[t.len() - 5..].eq_ignore_ascii_case("+json")
-    })
+/// Whether a media type is `application/json` or any `+json` type.
+fn is_json(t: &str) -> bool {
+    t.eq_ignore_ascii_case("application/json")
+        || t.len() > 5 && t.as_bytes()[t.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 /// A client-supplied string cut for a message.
