@@ -72,6 +72,8 @@ pub enum Problem {
     BareLf,
     /// RFC 9112 section 3.2: one Host, or the target is ambiguous.
     DuplicateHost,
+    /// RFC 9112 section 3.2: an HTTP/1.1 request must have a Host.
+    MissingHost,
     /// What `httparse` said.
     BadHead(&'static str),
     /// What is wrong with the chunk.
@@ -88,6 +90,7 @@ impl Problem {
             Problem::BadTe | Problem::TeInHttp10 => "bad_transfer_encoding",
             Problem::BareLf => "bare_lf",
             Problem::DuplicateHost => "duplicate_host",
+            Problem::MissingHost => "missing_host",
             Problem::BadHead(_) => "bad_head",
             Problem::BadChunk(_) => "bad_chunk",
         }
@@ -103,6 +106,7 @@ impl Problem {
             Problem::TeInHttp10 => "Transfer-Encoding is not allowed in HTTP/1.0".into(),
             Problem::BareLf => "a line of the request ends in a bare LF".into(),
             Problem::DuplicateHost => "the request has more than one Host".into(),
+            Problem::MissingHost => "an HTTP/1.1 request must have a Host".into(),
             Problem::BadHead(what) => format!("invalid request head: {what}"),
             Problem::BadChunk(what) => format!("invalid chunked body: {what}"),
         }
@@ -311,6 +315,8 @@ impl Scanner {
             Some(Problem::BadTe)
         } else if length.is_none() {
             Some(Problem::BadCl)
+        } else if hosts == 0 && req.version == Some(1) {
+            Some(Problem::MissingHost)
         } else {
             None
         };
@@ -789,10 +795,10 @@ mod tests {
     #[test]
     fn good_requests_pass_whatever_the_split() {
         ok(GET);
-        ok(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n");
-        ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nA;ext=1;q=\"x y\"\r\n0123456789\r\n0\r\n\r\n");
-        ok(b"POST / HTTP/1.1\r\ntransfer-encoding:  Chunked \r\n\r\n0\r\nX-Sum: 1\r\nY: \r\n\r\nGET / HTTP/1.0\r\n\r\n");
-        ok(b"\r\nGET / HTTP/1.1\r\nContent-Length: 000\r\n\r\n");
+        ok(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nA;ext=1;q=\"x y\"\r\n0123456789\r\n0\r\n\r\n");
+        ok(b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding:  Chunked \r\n\r\n0\r\nX-Sum: 1\r\nY: \r\n\r\nGET / HTTP/1.0\r\n\r\n");
+        ok(b"\r\nGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 000\r\n\r\n");
         ok(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
         // The HTTP/2 preface: not checked from there on.
         ok(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00");
@@ -801,7 +807,7 @@ mod tests {
     #[test]
     fn partial_heads_are_held() {
         let mut s = Scanner::new(MAX, 100);
-        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nHo"), Scan::Pass(0));
+        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nHost: a\r\nHo"), Scan::Pass(0));
         assert_eq!(
             s.scan(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOS"),
             Scan::Pass(27)
@@ -809,7 +815,7 @@ mod tests {
         assert_eq!(s.requests(), 1);
         // Larger than the limit: hyper's to refuse.
         let mut s = Scanner::new(64, 100);
-        let big = [&b"GET / HTTP/1.1\r\nX: "[..], &[b'a'; 100]].concat();
+        let big = [&b"GET / HTTP/1.1\r\nHost: a\r\nX: "[..], &[b'a'; 100]].concat();
         assert_eq!(s.scan(&big), Scan::Pass(big.len()));
         assert!(s.passing());
     }
@@ -817,14 +823,14 @@ mod tests {
     #[test]
     fn conflicting_lengths_are_refused() {
         let te_cl =
-            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         refused(te_cl, 0, Problem::TeAndCl);
-        let cl_te = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
+        let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
         refused(cl_te, 0, Problem::TeAndCl);
-        let two = b"POST / HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
+        let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
         refused(two, 0, Problem::DuplicateCl);
         for cl in ["+4", "-1", "4, 4", "0x4", "4 4", "", "99999999999999999999"] {
-            let req = format!("POST / HTTP/1.1\r\nContent-Length: {cl}\r\n\r\n");
+            let req = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\n\r\n");
             refused(req.as_bytes(), 0, Problem::BadCl);
         }
         // After a good request: it passes, the bad one does not.
@@ -842,7 +848,7 @@ mod tests {
             "gzip, chunked",
             "chunked\x0b",
         ] {
-            let req = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+            let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
             let (_, p) = check(req.as_bytes());
             assert!(
                 matches!(p, Some(Problem::BadTe | Problem::BadHead(_))),
@@ -850,7 +856,7 @@ mod tests {
             );
         }
         let two =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
         refused(two, 0, Problem::BadTe);
         let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         refused(old, 0, Problem::TeInHttp10);
@@ -870,30 +876,43 @@ mod tests {
         // Bare LF line ends (which httparse itself accepts).
         bad(b"GET / HTTP/1.1\nHost: a\n\n");
         bad(b"GET / HTTP/1.1\r\nHost: a\n\r\n");
-        bad(b"\nGET / HTTP/1.1\r\n\r\n");
+        bad(b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
         // obs-fold, whitespace before the colon, bare CR.
-        bad(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n");
-        bad(b"GET / HTTP/1.1\r\nContent-Length : 5\r\n\r\n");
-        bad(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n");
-        bad(b"GET / HTTP/1.1\r\n Transfer-Encoding: chunked\r\n\r\n");
+        bad(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n");
+        bad(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n");
+        bad(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n");
+        bad(b"GET / HTTP/1.1\r\nHost: a\r\n Transfer-Encoding: chunked\r\n\r\n");
         // Request lines.
-        bad(b"GET  / HTTP/1.1\r\n\r\n");
+        bad(b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n");
         bad(b"GET / HTTP/1.2\r\n\r\n");
         bad(b"GET /\r\n\r\n");
-        bad(b"G(T / HTTP/1.1\r\n\r\n");
+        bad(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n");
         bad(b"GET / HTTP/2.0\r\n\r\n");
-        let (_, p) = check(b"GET / HTTP/1.1\r\nX: a\n\r\n");
+        let (_, p) = check(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\n\r\n");
         assert_eq!(p, Some(Problem::BareLf));
         refused(
             b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
             0,
             Problem::DuplicateHost,
         );
+        // HTTP/1.1 needs a Host (absolute form too); HTTP/1.0 does not.
+        refused(b"GET / HTTP/1.1\r\n\r\n", 0, Problem::MissingHost);
+        refused(
+            b"GET http://a/ HTTP/1.1\r\nX-Host: a\r\n\r\n",
+            0,
+            Problem::MissingHost,
+        );
+        refused(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            GET.len(),
+            Problem::MissingHost,
+        );
+        ok(b"GET / HTTP/1.0\r\n\r\n");
     }
 
     #[test]
     fn bad_chunks_are_refused_where_they_start() {
-        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
         let at = |body: &[u8], bad_at: usize| {
             let req = [&head[..], body].concat();
             let (n, p) = check(&req);
@@ -921,22 +940,22 @@ mod tests {
         let long_ext = [&b"5;"[..], &[b'a'; 1100], b"\r\n"].concat();
         at(&long_ext, 2 + MAX_CHUNK_EXT as usize);
         // A smuggled request in the body of a chunk that says 0 is refused at its first byte.
-        at(b"0\r\nGET /admin HTTP/1.1\r\n\r\n", 6);
+        at(b"0\r\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n", 6);
     }
 
     #[test]
     fn bodies_are_followed_to_the_next_head() {
         // The body looks like a bad request; it is data, not a head.
-        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
+        let body = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
         let req = [
-            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
             body,
             GET,
         ]
         .concat();
         ok(&req);
         let chunked = [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             format!("{:x}\r\n", body.len()).as_bytes(),
             body,
             b"\r\n0\r\n\r\n",
@@ -1044,7 +1063,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_guard_passes_good_bytes_and_answers_after_them() {
-        let bad = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let bad = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let stream = [GET, GET, &bad[..]].concat();
         for cut in [1, 10, 30, 54, 60, stream.len()] {
             let (a, b) = stream.split_at(cut);
@@ -1061,7 +1080,7 @@ mod tests {
         assert_eq!((log.tripped, log.drained), (vec![Problem::TeAndCl], 0));
         assert_eq!(written, b"ANSWER");
         // A bad chunk: the body is cut there, nothing is written by the guard.
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n";
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n";
         let (got, eof, written, log) = through_guard(&[&chunked[..50], &chunked[50..]]).await;
         assert_eq!(got, &chunked[..chunked.len() - 4]);
         assert!(eof && written.is_empty());
@@ -1100,9 +1119,9 @@ mod tests {
         #[test]
         fn framed_requests_never_panic(
             prefix in proptest::sample::select(vec![
-                &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
-                &b"POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n"[..],
-                &b"GET / HTTP/1.1\r\n\r\n"[..],
+                &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n"[..],
+                &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             ]),
             data in proptest::collection::vec(proptest::sample::select(
                 b"0123456789abcdefABCDEFxX;=\" \t\r\n:GET/HTTP1.\x00\xff".to_vec()), 0..256),

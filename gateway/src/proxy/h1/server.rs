@@ -2,7 +2,7 @@
 //! and writes the response, on the connection's own task.
 //!
 //! It takes a request only when it is sure of its framing: HTTP/1.1 in origin form, CRLF line
-//! ends, no Transfer-Encoding, Expect or Upgrade, at most one Host, at most one plain decimal
+//! ends, no Transfer-Encoding, Expect or Upgrade, exactly one Host, at most one plain decimal
 //! Content-Length of at most [`MAX_BODY`] bytes. At the first request it does not take (and the ones it cannot
 //! even parse), it hands the connection, with every byte it has read and not used, to hyper
 //! and the framing guard, which answer it exactly as they would have from the start.
@@ -268,6 +268,10 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
             close |= has_token(h.value, "close");
         }
         fields.push((name, span(h.value)));
+    }
+    if !seen_host {
+        // The framing guard refuses it (RFC 9112 section 3.2).
+        return Parsed::Unfit;
     }
     Parsed::Complete(Head {
         method,
