@@ -827,7 +827,8 @@ mod tests {
         refused(te_cl, 0, Problem::TeAndCl);
         let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n";
         refused(cl_te, 0, Problem::TeAndCl);
-        let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
+        let two =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
         refused(two, 0, Problem::DuplicateCl);
         for cl in ["+4", "-1", "4, 4", "0x4", "4 4", "", "99999999999999999999"] {
             let req = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\n\r\n");
@@ -848,7 +849,8 @@ mod tests {
             "gzip, chunked",
             "chunked\x0b",
         ] {
-            let req = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+            let req =
+                format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
             let (_, p) = check(req.as_bytes());
             assert!(
                 matches!(p, Some(Problem::BadTe | Problem::BadHead(_))),
@@ -948,7 +950,11 @@ mod tests {
         // The body looks like a bad request; it is data, not a head.
         let body = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n";
         let req = [
-            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
             body,
             GET,
         ]
@@ -1080,7 +1086,8 @@ mod tests {
         assert_eq!((log.tripped, log.drained), (vec![Problem::TeAndCl], 0));
         assert_eq!(written, b"ANSWER");
         // A bad chunk: the body is cut there, nothing is written by the guard.
-        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n";
+        let chunked =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n";
         let (got, eof, written, log) = through_guard(&[&chunked[..50], &chunked[50..]]).await;
         assert_eq!(got, &chunked[..chunked.len() - 4]);
         assert!(eof && written.is_empty());
