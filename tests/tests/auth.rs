@@ -494,8 +494,19 @@ auth = {{ providers = ["down"] }}
             .status,
         200
     );
-    // k1 is gone (a new token, not one in the cache), and a kid never published stays unknown;
-    // within the floor, unknown kids do not fetch again.
+    // The token signed with k1 and cached before the rotation is refused too: a new set
+    // invalidates what the old one verified (no fetch: k2 fetched the set under a second ago).
+    gw.refused(
+        "k1-cached",
+        "/api/x",
+        &[("authorization", &bearer(&k1))],
+        401,
+        "invalid_token",
+        "auth:unknown_kid",
+    )
+    .await;
+    // k1 is gone for new tokens as well, and a kid never published stays unknown; within the
+    // floor, unknown kids do not fetch again.
     let k1_new = rsa.sign(
         &json!({"sub": "bob", "iss": "https://idp.test", "aud": "api", "exp": now() + 500}),
         Some("k1"),

@@ -1,8 +1,10 @@
 //! A bounded cache of verified credentials, keyed by the SHA-256 of the token.
 //!
 //! A hit costs one hash of the token, one lock of a shard and one map lookup: no JSON, no
-//! signature. Entries never outlive the token's `exp` (the caller gives the deadline); a full
-//! shard first drops its expired entries, then an arbitrary quarter of the rest.
+//! signature. Entries never outlive the token's `exp` (the caller gives the deadline), nor the
+//! key set they were verified with: each carries the set's generation, and a lookup with
+//! another generation misses. A full shard first drops its expired entries, then an arbitrary
+//! quarter of the rest.
 
 use std::{
     collections::HashMap,
@@ -43,6 +45,8 @@ type Shard = HashMap<Digest, Entry, BuildHasherDefault<PrefixHasher>>;
 struct Entry {
     /// Unix seconds; the entry is used while `now < until`.
     until: u64,
+    /// The generation of the key set that verified it (see [`TokenCache::get`]).
+    generation: u64,
     value: Arc<Verified>,
 }
 
@@ -65,19 +69,24 @@ impl TokenCache {
         &self.shards[usize::from(key[31]) % SHARDS]
     }
 
-    pub fn get(&self, key: &Digest, now: u64) -> Option<Arc<Verified>> {
+    /// The entry for `key` if it is still valid at `now` and was verified with key set
+    /// `generation` (a provider whose keys never change uses 0; one that fetches them counts
+    /// the sets that changed, so that a token signed with a key withdrawn since is verified
+    /// again rather than served from here).
+    pub fn get(&self, key: &Digest, now: u64, generation: u64) -> Option<Arc<Verified>> {
         if self.per_shard == 0 {
             return None;
         }
         let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         match shard.get(key) {
-            Some(e) if now < e.until => Some(e.value.clone()),
+            Some(e) if now < e.until && e.generation == generation => Some(e.value.clone()),
             _ => None,
         }
     }
 
     /// Keeps `value` until `until` (unix seconds); nothing when that is not in the future.
-    pub fn insert(&self, key: Digest, until: u64, value: Arc<Verified>, now: u64) {
+    /// `generation`: that of the key set read before verifying.
+    pub fn insert(&self, key: Digest, until: u64, value: Arc<Verified>, now: u64, generation: u64) {
         if self.per_shard == 0 || until <= now {
             return;
         }
@@ -98,7 +107,14 @@ impl TokenCache {
                 }
             }
         }
-        shard.insert(key, Entry { until, value });
+        shard.insert(
+            key,
+            Entry {
+                until,
+                generation,
+                value,
+            },
+        );
     }
 
     #[cfg(test)]
@@ -125,33 +141,45 @@ mod tests {
     fn hits_until_the_deadline_only() {
         let c = TokenCache::new(100);
         let k = digest(b"token");
-        c.insert(k, 110, verified("a"), 100);
-        assert_eq!(c.get(&k, 100).unwrap().subject, "a");
-        assert_eq!(c.get(&k, 109).unwrap().subject, "a");
-        assert!(c.get(&k, 110).is_none());
-        assert!(c.get(&digest(b"other"), 100).is_none());
+        c.insert(k, 110, verified("a"), 100, 0);
+        assert_eq!(c.get(&k, 100, 0).unwrap().subject, "a");
+        assert_eq!(c.get(&k, 109, 0).unwrap().subject, "a");
+        assert!(c.get(&k, 110, 0).is_none());
+        assert!(c.get(&digest(b"other"), 100, 0).is_none());
         // A deadline already past is not kept.
         let k2 = digest(b"late");
-        c.insert(k2, 100, verified("b"), 100);
-        assert!(c.get(&k2, 99).is_none());
+        c.insert(k2, 100, verified("b"), 100, 0);
+        assert!(c.get(&k2, 99, 0).is_none());
+    }
+
+    #[test]
+    fn another_key_set_misses() {
+        let c = TokenCache::new(100);
+        let k = digest(b"token");
+        c.insert(k, 110, verified("a"), 100, 3);
+        assert_eq!(c.get(&k, 100, 3).unwrap().subject, "a");
+        assert!(c.get(&k, 100, 4).is_none());
+        // Verified again with the new set, it is kept again.
+        c.insert(k, 110, verified("a"), 100, 4);
+        assert!(c.get(&k, 100, 4).is_some());
     }
 
     #[test]
     fn stays_bounded() {
         let c = TokenCache::new(64);
         for i in 0..10_000u32 {
-            c.insert(digest(&i.to_le_bytes()), 1000, verified("x"), 1);
+            c.insert(digest(&i.to_le_bytes()), 1000, verified("x"), 1, 0);
             assert!(c.len() <= 64 + SHARDS, "{}", c.len());
         }
         let last = digest(&9_999u32.to_le_bytes());
-        assert!(c.get(&last, 1).is_some());
+        assert!(c.get(&last, 1, 0).is_some());
     }
 
     #[test]
     fn zero_capacity_keeps_nothing() {
         let c = TokenCache::new(0);
         let k = digest(b"t");
-        c.insert(k, 1000, verified("x"), 1);
-        assert!(c.get(&k, 1).is_none());
+        c.insert(k, 1000, verified("x"), 1, 0);
+        assert!(c.get(&k, 1, 0).is_none());
     }
 }

@@ -379,8 +379,11 @@ pub struct Remote {
     client: HttpClient,
     spawner: Spawner,
     set: ArcSwapOption<KeySet>,
-    /// When the last fetch started; held during a fetch, so concurrent asks wait for it.
-    gate: tokio::sync::Mutex<Option<Instant>>,
+    /// Counts the fetched sets that differ from the one before (see [`Remote::generation`]).
+    generation: std::sync::atomic::AtomicU64,
+    /// When the last fetch started, and a digest of the last set fetched; held during a fetch,
+    /// so concurrent asks wait for it.
+    gate: tokio::sync::Mutex<(Option<Instant>, Option<super::cache::Digest>)>,
 }
 
 impl Remote {
@@ -400,7 +403,8 @@ impl Remote {
             client,
             spawner: spawner.clone(),
             set: ArcSwapOption::empty(),
-            gate: tokio::sync::Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            gate: tokio::sync::Mutex::new((None, None)),
         });
         spawner.spawn(refresh_loop(Arc::downgrade(&remote)));
         Ok(remote)
@@ -410,10 +414,18 @@ impl Remote {
         self.set.load_full()
     }
 
+    /// Changes (before the new set is in use) whenever a fetch brings a set other than the
+    /// last one: tokens verified with an older set are not taken from the token cache, so a
+    /// key the issuer withdrew stops working at once, not when its tokens expire.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Fetches the set again unless one was fetched less than the floor ago; `force` (the
     /// periodic refresh) ignores the floor. Callers look at `keys()` afterwards either way.
     pub async fn refresh(&self, force: bool) -> bool {
-        let mut last = self.gate.lock().await;
+        let mut gate = self.gate.lock().await;
+        let (last, digest) = &mut *gate;
         if !force && last.is_some_and(|t| t.elapsed() < self.settings.min_refresh) {
             return false;
         }
@@ -426,11 +438,22 @@ impl Remote {
                 .with_label_values(&[&self.provider, "jwks", r])
                 .inc()
         };
-        match result.and_then(|b| parse_jwks(&b, false, &self.settings.url)) {
-            Ok(set) => {
+        let parsed = result.and_then(|b| {
+            let set = parse_jwks(&b, false, &self.settings.url)?;
+            Ok((set, super::cache::digest(&b)))
+        });
+        match parsed {
+            Ok((set, fetched)) => {
                 label("ok");
                 let kids: Vec<&str> = set.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
                 info!(provider = %self.provider, keys = set.keys.len(), kids = ?kids, "JWK set fetched");
+                if digest.is_some_and(|d| d != fetched) {
+                    // Before the store: a token verified with the new set is never cached
+                    // under the old generation.
+                    self.generation
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                *digest = Some(fetched);
                 self.set.store(Some(Arc::new(set)));
                 true
             }

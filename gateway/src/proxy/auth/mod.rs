@@ -515,13 +515,13 @@ impl RoutePolicy {
         let now = now();
         let key = digest(token.as_bytes());
         for (p, counters) in &self.jwt {
-            if let Some(v) = p.cache.get(&key, now) {
+            if let Some(v) = p.cache.get(&key, now, p.generation()) {
                 counters.cached.inc();
                 return Ok((v, p.name.clone()));
             }
         }
         for (p, counters) in &self.introspection {
-            if let Some(v) = p.cache.get(&key, now) {
+            if let Some(v) = p.cache.get(&key, now, 0) {
                 counters.cached.inc();
                 return Ok((v, p.name.clone()));
             }
@@ -538,11 +538,14 @@ impl RoutePolicy {
             let parsed = jwt::parse(token).map_err(|f| fail(f, &self.jwt[0].0.name))?;
             let mut first = None;
             for (p, counters) in &self.jwt {
+                // Read before verifying: a set fetched meanwhile leaves the entry stale.
+                let generation = p.generation();
                 match p.verify(&parsed, now).await {
                     Ok(v) => {
                         counters.ok.inc();
                         let v = Arc::new(v);
-                        p.cache.insert(key, p.cache_until(&v, now), v.clone(), now);
+                        let until = p.cache_until(&v, now);
+                        p.cache.insert(key, until, v.clone(), now, generation);
                         return Ok((v, p.name.clone()));
                     }
                     Err(f) => {
@@ -572,7 +575,8 @@ impl RoutePolicy {
                 Ok(v) => {
                     counters.ok.inc();
                     let v = Arc::new(v);
-                    p.cache.insert(key, p.cache_until(&v, now), v.clone(), now);
+                    p.cache
+                        .insert(key, p.cache_until(&v, now), v.clone(), now, 0);
                     return Ok((v, p.name.clone()));
                 }
                 Err(f) => {
