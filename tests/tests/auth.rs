@@ -641,6 +641,14 @@ scopes = ["read"]
 forward_claims = {{ sub = "x-user" }}
 
 [[routes]]
+name = "hidden"
+path_prefix = "/hidden"
+upstream = "up"
+[routes.auth]
+providers = ["keys"]
+strip_api_key = true
+
+[[routes]]
 name = "oauth"
 path_prefix = "/oauth"
 upstream = "up"
@@ -671,6 +679,30 @@ forward_claims = {{ sub = "x-user", client_id = "x-client" }}
         .await;
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(seen(&r)["x-user"], "batch");
+    // Forwarded as it came, unless the route strips the key.
+    let r = gw
+        .get("key-kept", "/keys/x?a=1&api_key=file-key-456", &[])
+        .await;
+    assert_eq!(r.json["uri"], "/keys/x?a=1&api_key=file-key-456");
+    let r = gw
+        .get(
+            "key-hidden-query",
+            "/hidden/x?a=1&api_key=file-key-456&b=2",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(r.json["uri"], "/hidden/x?a=1&b=2");
+    let r = gw
+        .get(
+            "key-hidden-header",
+            "/hidden/y",
+            &[("x-api-key", "ci-key-123")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(seen(&r).get("x-api-key"), None);
+    assert_eq!(gw.audit("key-hidden-header").await["subject"], "ci");
     gw.refused(
         "key-bad",
         "/keys/x",

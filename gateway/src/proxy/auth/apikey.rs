@@ -115,6 +115,38 @@ impl ApiKeyProvider {
         Presented::Key(found)
     }
 
+    /// Removes the key's header and query parameter from the request.
+    pub fn strip(&self, parts: &mut Parts) {
+        parts.headers.remove(&self.header);
+        let (Some(name), Some(query)) = (self.query.as_deref(), parts.uri.query()) else {
+            return;
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !param_is(pair, name))
+            .collect();
+        if kept.len() == query.split('&').count() {
+            return;
+        }
+        let path = parts.uri.path();
+        let target = if kept.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        };
+        let mut uri = parts.uri.clone().into_parts();
+        // What is left of a valid target is valid; should it not be, drop the whole query
+        // rather than forward the key.
+        uri.path_and_query = target
+            .parse()
+            .or_else(|_| path.parse())
+            .ok()
+            .or(uri.path_and_query);
+        if let Ok(u) = hyper::Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+    }
+
     /// The key's identity, when it is one of ours.
     pub fn lookup(&self, presented: &[u8]) -> Option<Arc<Verified>> {
         self.keys.get(&digest(presented)).cloned()
@@ -151,6 +183,12 @@ enum QueryParam {
     Many,
 }
 
+/// Whether `pair` (`NAME=VALUE` or `NAME`) is parameter `name`, once percent-decoded.
+fn param_is(pair: &str, name: &str) -> bool {
+    let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+    percent_encoding::percent_decode_str(k).eq(name.bytes())
+}
+
 /// The (percent-decoded) value of query parameter `name`.
 fn query_param(parts: &Parts, name: &str) -> QueryParam {
     let Some(query) = parts.uri.query() else {
@@ -158,11 +196,10 @@ fn query_param(parts: &Parts, name: &str) -> QueryParam {
     };
     let mut found = QueryParam::Absent;
     for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k: Vec<u8> = percent_encoding::percent_decode_str(k).collect();
-        if k != name.as_bytes() {
+        if !param_is(pair, name) {
             continue;
         }
+        let v = pair.split_once('=').map_or("", |(_, v)| v);
         if !matches!(found, QueryParam::Absent) {
             return QueryParam::Many;
         }
@@ -237,6 +274,35 @@ mod tests {
         ] {
             assert!(matches!(p.presented(&bad), Presented::Malformed(_)));
         }
+    }
+
+    #[test]
+    fn strip_removes_the_header_and_only_the_key_parameter() {
+        let p = provider();
+        let stripped = |uri: &str, headers: &[(&str, &str)]| {
+            let mut parts = parts(uri, headers);
+            p.strip(&mut parts);
+            (
+                parts.uri.to_string(),
+                parts.headers.contains_key("x-api-key"),
+            )
+        };
+        assert_eq!(
+            stripped("/x?a=1&api_key=k&b=2", &[("x-api-key", "k")]),
+            ("/x?a=1&b=2".to_string(), false)
+        );
+        // Percent-encoded names are the same parameter; the last one leaves no `?`.
+        assert_eq!(stripped("/x?api%5Fkey=k", &[]), ("/x".to_string(), false));
+        assert_eq!(stripped("/x?api_key", &[]), ("/x".to_string(), false));
+        // Look-alikes stay, byte for byte.
+        assert_eq!(
+            stripped("/x?api_keys=1&xapi_key=2&q=a%26b", &[]),
+            ("/x?api_keys=1&xapi_key=2&q=a%26b".to_string(), false)
+        );
+        assert_eq!(
+            stripped("http://h:8/x?api_key=k&z", &[]),
+            ("http://h:8/x?z".to_string(), false)
+        );
     }
 
     #[test]

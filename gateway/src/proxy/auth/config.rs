@@ -276,6 +276,9 @@ pub struct RouteAuthConfig {
     pub forward_claims: BTreeMap<String, String>,
     /// Remove the Authorization header before forwarding.
     pub strip_authorization: bool,
+    /// Remove the API key (the header and the query parameter that the route's API-key
+    /// providers read) before forwarding, so that the upstream and its logs never see it.
+    pub strip_api_key: bool,
 }
 
 /// Headers a claim may not be forwarded in: framing, routing and credentials.

@@ -299,6 +299,7 @@ impl Auth {
             groups: config.groups.clone(),
             forward: Vec::new(),
             strip_authorization: config.strip_authorization,
+            strip_api_key: config.strip_api_key,
         };
         for (claim, h) in &config.forward_claims {
             let name = HeaderName::from_bytes(h.as_bytes())
@@ -339,6 +340,7 @@ pub struct RoutePolicy {
     /// Claim -> header.
     forward: Vec<(String, HeaderName)>,
     strip_authorization: bool,
+    strip_api_key: bool,
 }
 
 /// The credential a request carries.
@@ -419,6 +421,11 @@ impl RoutePolicy {
     fn strip(&self, parts: &mut Parts) {
         if self.strip_authorization {
             parts.headers.remove(header::AUTHORIZATION);
+        }
+        if self.strip_api_key {
+            for (p, _) in &self.api_keys {
+                p.strip(parts);
+            }
         }
     }
 
