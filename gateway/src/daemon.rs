@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -526,6 +526,46 @@ impl Reloader {
     }
 }
 
+/// One daemon per state directory: a second would overwrite the first's lists and take over
+/// its admin socket. Takes an exclusive lock on `daemon.lock` there and writes this process's
+/// id into it, or says which process holds it.
+fn lock_state_dir(state_dir: &Path) -> Result<fs::File, String> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = state_dir.join("daemon.lock");
+    let cannot = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(format!(
+                "{}: another gateway daemon is running with this state directory{}; stop it \
+                 first, or give this one another [state] dir",
+                path.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                }
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    file.set_len(0).map_err(cannot)?;
+    file.rewind().map_err(cannot)?;
+    writeln!(file, "{}", std::process::id()).map_err(cannot)?;
+    Ok(file)
+}
+
 async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     let state_dir = &config.state.dir;
     fs::DirBuilder::new()
@@ -538,6 +578,8 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
                 state_dir.display()
             )
         })?;
+    // Held until the daemon exits (the kernel drops it on a crash too).
+    let _instance = lock_state_dir(state_dir)?;
     let capacities = Capacities {
         block4: config.xdp.blocklist_v4_capacity,
         block6: config.xdp.blocklist_v6_capacity,

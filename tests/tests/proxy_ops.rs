@@ -195,6 +195,39 @@ async fn shutdown_lets_requests_finish_and_refuses_new_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_dir_is_refused() {
+    let up = Upstream::start("up").await;
+    let setup = Setup::new();
+    let rest = format!(
+        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
+        up.addr
+    );
+    let config = web::write_config(&setup, free_port(), "", &rest);
+    let first = Daemon::start_local(&setup, &config);
+    // Same state directory (and admin socket), another listener.
+    let other = web::write_config(&setup, free_port(), "", &rest);
+    let second = std::process::Command::new(integration_tests::harness::gateway_bin())
+        .args(["run", "--config"])
+        .arg(&other)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another gateway daemon")
+            && stderr.contains(&format!("pid {}", first.pid())),
+        "{stderr}"
+    );
+    // The first one is untouched: it still answers on its admin socket.
+    assert!(std::os::unix::net::UnixStream::connect(setup.socket()).is_ok());
+    assert!(first.stop().success());
+    // Once it is gone, the directory is free again.
+    let again = Daemon::start_local(&setup, &other);
+    assert!(again.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_nothing_and_bad_reloads_change_nothing() {
     let old = Upstream::start("old").await;
     let new = Upstream::start("new").await;
