@@ -121,11 +121,9 @@ impl ApiKeyProvider {
         let (Some(name), Some(query)) = (self.query.as_deref(), parts.uri.query()) else {
             return;
         };
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| !param_is(pair, name))
-            .collect();
-        if kept.len() == query.split('&').count() {
+        let (gone, kept): (Vec<&str>, Vec<&str>) =
+            query.split('&').partition(|pair| param_is(pair, name));
+        if gone.is_empty() {
             return;
         }
         let path = parts.uri.path();

@@ -309,7 +309,6 @@ impl JwtProvider {
         Ok(exp)
     }
 
-    /// Until when a verified token may be served from the cache.
     /// The generation of the key set, for the token cache: 0 for keys read at load, which a
     /// reload that changes them replaces together with the cache.
     pub fn generation(&self) -> u64 {
@@ -319,6 +318,7 @@ impl JwtProvider {
         }
     }
 
+    /// Until when a verified token may be served from the cache.
     pub fn cache_until(&self, v: &Verified, now: u64) -> u64 {
         let ttl = now.saturating_add(self.cache_ttl);
         v.expires.map_or(ttl, |e| e.min(ttl))

@@ -123,11 +123,7 @@ impl InspectConfig {
     fn enabled(&self) -> Result<u64, String> {
         let mut mask = u64::MAX >> (64 - RULES.len());
         for d in &self.disable {
-            let off = RULES
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.id == d || r.class == d)
-                .fold(0, |m, (i, _)| m | 1 << i);
+            let off = rule_mask(|r| r.id == d || r.class == d);
             if off == 0 {
                 return Err(format!("inspect.disable: unknown rule or class `{d}`"));
             }
@@ -304,15 +300,14 @@ static SECRET_WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> =
         .expect("fixed words")
     });
 
-/// The command injection rules, a bit per index of [`RULES`]: the only ones matched against
-/// [`shell_view`].
-static CMDI_RULES: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+/// The rules that `pick` takes, a bit per index of [`RULES`].
+fn rule_mask(pick: impl Fn(&Rule) -> bool) -> u64 {
     RULES
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.class == rules::CMDI)
+        .filter(|(_, r)| pick(r))
         .fold(0, |m, (i, _)| m | 1 << i)
-});
+}
 
 /// Which part of the request a rule applies to (see [`Rule::applies`]).
 const IN_OTHER: u8 = NOT_XML;
@@ -336,6 +331,8 @@ pub struct RouteInspect {
     inspector: Arc<Inspector>,
     /// Rules on, a bit per index of [`RULES`].
     enabled: u64,
+    /// The command injection rules of `enabled`: the only ones matched against [`shell_view`].
+    cmdi: u64,
     max_body: usize,
     over_limit: OverLimit,
     skip_headers: Box<[HeaderName]>,
@@ -351,10 +348,12 @@ impl RouteInspect {
                     .map_err(|_| format!("inspect.skip_headers: `{h}` is not a header name"))
             })
             .collect::<Result<_, _>>()?;
+        let enabled = config.enabled()?;
         Ok(RouteInspect {
             mode: config.mode,
             inspector: inspector.clone(),
-            enabled: config.enabled()?,
+            enabled,
+            cmdi: enabled & rule_mask(|r| r.class == rules::CMDI),
             max_body: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             over_limit: config.body_over_limit,
             skip_headers,
@@ -412,11 +411,8 @@ impl RouteInspect {
         i.first_match(&n.text, self.enabled, part)
             .or_else(|| sql_view(&n.text).and_then(|v| i.first_match(&v, self.enabled, part)))
             .or_else(|| {
-                let cmdi = self.enabled & *CMDI_RULES;
-                (cmdi != 0)
-                    .then(|| shell_view(&n.text))
-                    .flatten()
-                    .and_then(|v| i.first_match(&v, cmdi, part))
+                let view = shell_view(&n.text).filter(|_| self.cmdi != 0)?;
+                i.first_match(&view, self.cmdi, part)
             })
             .or_else(|| n.nul.then(|| self.on("null-001")).flatten())
     }
