@@ -96,6 +96,17 @@ upstream = "up"
             "application/x-www-form-urlencoded",
             "name=Tom+%26+Jerry&note=this+or+that+and+more&plan=select+a+plan",
         ),
+        // A form with a text field and a binary file whose bytes look like anything.
+        post(
+            &url("/api/upload"),
+            "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+            "------WebKitFormBoundary7MA4YWxkTrZu0gW\r\n\
+             Content-Disposition: form-data; name=\"title\"\r\n\r\nMiles O'Brien; the cat & co\r\n\
+             ------WebKitFormBoundary7MA4YWxkTrZu0gW\r\n\
+             Content-Disposition: form-data; name=\"file\"; filename=\"photo.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n\u{ff}\u{d8}\0\0<script>../..\0\r\n\
+             ------WebKitFormBoundary7MA4YWxkTrZu0gW--\r\n",
+        ),
     ];
     let served = up.served();
     for req in benign {
@@ -103,7 +114,7 @@ upstream = "up"
         let r = send(&client, req).await;
         assert_eq!(r.status, 200, "{uri}: {:?}", r.json);
     }
-    assert_eq!(up.served(), served + 7);
+    assert_eq!(up.served(), served + 8);
 
     // Attacks in each part are refused by the blocking route, and never reach the upstream.
     let blocked = |r: &Reply, what: &str| {
@@ -187,6 +198,40 @@ upstream = "up"
     json.headers_mut()
         .insert("x-request-id", "a-json".parse().unwrap());
     blocked(&send(&client, json).await, "json body");
+    // A file name in a multipart body, and a body that arrives gzipped.
+    let mut multipart = post(
+        &url("/api/upload"),
+        "multipart/form-data; boundary=XyZ",
+        "--XyZ\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"..%2f..%2fapp.conf\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\nbinary\0data\r\n--XyZ--\r\n",
+    );
+    multipart
+        .headers_mut()
+        .insert("x-request-id", "a-multipart".parse().unwrap());
+    blocked(&send(&client, multipart).await, "multipart file name");
+    let gzipped = |json: &str| {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(json.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let encoded = |id: &str, coding: &str, body: Vec<u8>| {
+        Request::post(url("/api/run"))
+            .header("host", "app.test")
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .header("x-request-id", id)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let r = send(
+        &client,
+        encoded("a-gzip", "gzip", gzipped(r#"{"id":"1' OR '1'='1"}"#)),
+    )
+    .await;
+    blocked(&r, "gzip body");
+    let r = send(&client, encoded("a-br", "br", gzipped(r#"{"id":"1"}"#))).await;
+    blocked(&r, "unreadable coding");
     assert_eq!(
         up.served(),
         served,
@@ -218,7 +263,7 @@ upstream = "up"
     assert!(
         eventually(Duration::from_secs(5), || {
             let lines = web::audit_lines(&setup);
-            ["a-json", "w-1"]
+            ["a-json", "a-br", "w-1"]
                 .iter()
                 .all(|id| lines.iter().any(|l| l["request_id"] == *id))
         })
@@ -243,6 +288,9 @@ upstream = "up"
         ("a-null", "inspect:null-001"),
         ("a-form", "inspect:xss-001"),
         ("a-json", "inspect:cmdi-001"),
+        ("a-multipart", "inspect:trav-001"),
+        ("a-gzip", "inspect:sqli-001"),
+        ("a-br", "inspect:limit-002"),
     ] {
         let l = line(id);
         assert_eq!(l["status"], 403, "{l}");
@@ -268,8 +316,9 @@ upstream = "up"
     let (ok, m) = web::scrape_until(
         metrics,
         &[
-            (&series("sqli", "block", "guarded"), 1.0),
-            (&series("traversal", "block", "guarded"), 2.0),
+            (&series("sqli", "block", "guarded"), 2.0),
+            (&series("traversal", "block", "guarded"), 3.0),
+            (&series("limit", "block", "guarded"), 1.0),
             (&series("xss", "block", "guarded"), 2.0),
             (&series("cmdi", "block", "guarded"), 2.0),
             (&series("null-byte", "block", "guarded"), 1.0),

@@ -19,15 +19,26 @@
 //!   cookie's name and value. A finding names the header, never its value;
 //! - bodies by content type: `application/x-www-form-urlencoded` like the query,
 //!   JSON (`application/json`, `*+json`) with its string escapes, `text/*`, XML
-//!   (`application/xml`, `*+xml`), and bodies without a content type as text. Multipart and
-//!   binary bodies are not inspected. At most `max_body_bytes` of a body are inspected; a
-//!   longer body is a finding (`limit-001`) unless `body_over_limit = "inspect_prefix"`, which
-//!   inspects only its first `max_body_bytes`: padding could then hide an attack past them.
+//!   (`application/xml`, `*+xml`), and bodies without a content type as text;
+//! - `multipart/*` bodies part by part (multipart.rs): each part's header values (the
+//!   `Content-Disposition` parameters one by one: field names, file names) and its content by
+//!   the part's own type, after its `Content-Transfer-Encoding` (base64, quoted-printable).
+//!   The content of a file part of a binary type is not inspected; a part without a file name
+//!   is a form field, whatever its type, and is. A body that does not split is matched whole,
+//!   as text, as are the preamble and the epilogue. Other binary bodies are not inspected;
+//! - a body with `Content-Encoding: gzip` or `deflate` is inflated first (never past
+//!   `max_body_bytes`); any other coding, or one that does not inflate, is a finding
+//!   (`limit-002`): what the inspector cannot read, it does not let through.
+//!
+//! At most `max_body_bytes` of a body (inflated) are inspected; a longer body is a finding
+//! (`limit-001`) unless `body_over_limit = "inspect_prefix"`, which inspects only its first
+//! `max_body_bytes`: padding could then hide an attack past them.
 
+mod multipart;
 mod normalize;
 mod rules;
 
-use std::{cell::RefCell, collections::HashSet, sync::Arc};
+use std::{cell::RefCell, collections::HashSet, io::Read as _, sync::Arc};
 
 use hyper::{
     header::{self, HeaderName},
@@ -205,6 +216,7 @@ enum BodyKind {
     Json,
     Text,
     Xml,
+    Multipart,
 }
 
 fn body_kind(parts: &Parts) -> Option<BodyKind> {
@@ -212,7 +224,12 @@ fn body_kind(parts: &Parts) -> Option<BodyKind> {
         // Many frameworks read a body without a type as text or form; so do we.
         return Some(BodyKind::Text);
     };
-    let value = value.to_str().ok()?;
+    kind_of(value.as_bytes())
+}
+
+/// The kind of a body of type `value` (a `Content-Type` value); `None` for a binary type.
+fn kind_of(value: &[u8]) -> Option<BodyKind> {
+    let value = std::str::from_utf8(value).ok()?;
     let essence = value.split(';').next().unwrap_or("").trim();
     let is = |s: &str| essence.eq_ignore_ascii_case(s);
     let ends = |s: &str| {
@@ -229,8 +246,58 @@ fn body_kind(parts: &Parts) -> Option<BodyKind> {
         || is("application/graphql")
     {
         Some(BodyKind::Text)
+    } else if essence.len() > 10 && essence[..10].eq_ignore_ascii_case("multipart/") {
+        Some(BodyKind::Multipart)
     } else {
         None
+    }
+}
+
+/// How a request body is encoded (its `Content-Encoding`).
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+    /// Another coding, several, or a header that is no coding.
+    Unreadable,
+}
+
+fn coding(parts: &Parts) -> Coding {
+    let mut values = parts.headers.get_all(header::CONTENT_ENCODING).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if parts.headers.contains_key(header::CONTENT_ENCODING) {
+            Coding::Unreadable
+        } else {
+            Coding::Identity
+        };
+    };
+    let v = value.as_bytes().trim_ascii();
+    let is = |s: &str| v.eq_ignore_ascii_case(s.as_bytes());
+    if is("identity") || v.is_empty() {
+        Coding::Identity
+    } else if is("gzip") || is("x-gzip") {
+        Coding::Gzip
+    } else if is("deflate") {
+        Coding::Deflate
+    } else {
+        Coding::Unreadable
+    }
+}
+
+/// `body` inflated, at most `max + 1` bytes of it (one more than inspected, so a longer body
+/// is seen to be longer without inflating a bomb); `None` when it does not inflate. `deflate`
+/// is zlib (RFC 9110 section 8.4.1.2), or raw deflate as some clients send it.
+fn inflate(body: &[u8], coding: &Coding, max: usize) -> Option<Vec<u8>> {
+    let take = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let read = |r: &mut dyn std::io::Read| {
+        let mut out = Vec::new();
+        r.take(take).read_to_end(&mut out).ok().map(|_| out)
+    };
+    match coding {
+        Coding::Gzip => read(&mut flate2::read::MultiGzDecoder::new(body)),
+        Coding::Deflate => read(&mut flate2::read::ZlibDecoder::new(body))
+            .or_else(|| read(&mut flate2::read::DeflateDecoder::new(body))),
+        Coding::Identity | Coding::Unreadable => None,
     }
 }
 
@@ -474,6 +541,17 @@ impl RouteInspect {
 
     pub fn body(&self, parts: &Parts, body: &[u8]) -> Option<Finding> {
         let kind = body_kind(parts)?;
+        let inflated;
+        let body = match coding(parts) {
+            Coding::Identity => body,
+            c => match inflate(body, &c, self.max_body) {
+                Some(b) => {
+                    inflated = b;
+                    &inflated[..]
+                }
+                None => return self.on("limit-002").map(|r| Finding::new(r, "body")),
+            },
+        };
         let body = if body.len() > self.max_body {
             if self.over_limit == OverLimit::Finding {
                 if let Some(r) = self.on("limit-001") {
@@ -485,12 +563,81 @@ impl RouteInspect {
             body
         };
         let found = match kind {
-            BodyKind::Form => self.form(body),
-            BodyKind::Json => self.scan(body, Kind::Json, IN_OTHER),
-            BodyKind::Text => self.scan(body, Kind::Text, IN_OTHER),
-            BodyKind::Xml => self.scan(body, Kind::Text, IN_XML),
+            BodyKind::Multipart => {
+                let content_type = parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .map_or(&[][..], |v| v.as_bytes());
+                self.multipart(content_type, body)
+            }
+            kind => self.typed(kind, body),
         };
         found.map(|r| Finding::new(r, "body"))
+    }
+
+    /// A body, or a part's content, of a kind other than multipart.
+    fn typed(&self, kind: BodyKind, body: &[u8]) -> Option<&'static Rule> {
+        match kind {
+            BodyKind::Form => self.form(body),
+            BodyKind::Json => self.scan(body, Kind::Json, IN_OTHER),
+            BodyKind::Xml => self.scan(body, Kind::Text, IN_XML),
+            // A multipart part inside a part is matched as text, as a whole.
+            BodyKind::Text | BodyKind::Multipart => self.scan(body, Kind::Text, IN_OTHER),
+        }
+    }
+
+    /// A multipart body, part by part; see the module documentation.
+    fn multipart(&self, content_type: &[u8], body: &[u8]) -> Option<&'static Rule> {
+        let split = multipart::boundary(content_type).and_then(|b| multipart::split(body, &b));
+        let Some(m) = split else {
+            return self.scan(body, Kind::Text, IN_OTHER);
+        };
+        m.outside
+            .iter()
+            .find_map(|o| self.scan(o, Kind::Text, IN_OTHER))
+            .or_else(|| m.parts.iter().find_map(|p| self.part(p)))
+    }
+
+    fn part(&self, p: &multipart::Part<'_>) -> Option<&'static Rule> {
+        for &(name, value) in &p.headers {
+            let found = if name.eq_ignore_ascii_case(b"content-disposition") {
+                self.disposition(value)
+            } else {
+                self.scan(value, Kind::Header, IN_OTHER)
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        let file = multipart::header(p, "content-disposition").is_some_and(multipart::names_file);
+        let kind = match multipart::header(p, "content-type").map(kind_of) {
+            None => BodyKind::Text,
+            Some(Some(kind)) => kind,
+            Some(None) if file => return None,
+            // A form field, whatever type it claims: frameworks read it as a string.
+            Some(None) => BodyKind::Text,
+        };
+        let encoding = multipart::header(p, "content-transfer-encoding");
+        match multipart::decoded(p.content, encoding) {
+            Some(content) => self.typed(kind, &content),
+            None => self.scan(p.content, Kind::Text, IN_OTHER),
+        }
+    }
+
+    /// A part's `Content-Disposition`: its type and each parameter's name and value (`name`,
+    /// `filename`, `filename*`), or the whole value when its parameters do not parse.
+    fn disposition(&self, value: &[u8]) -> Option<&'static Rule> {
+        let params: Option<Vec<(&[u8], Vec<u8>)>> = multipart::params(value).collect();
+        let Some(params) = params else {
+            return self.scan(value, Kind::Header, IN_OTHER);
+        };
+        let kind = value.split(|&b| b == b';').next().unwrap_or_default();
+        self.scan(kind, Kind::Header, IN_OTHER).or_else(|| {
+            params.iter().find_map(|(name, v)| {
+                self.scan(name, Kind::Header, IN_OTHER)
+                    .or_else(|| self.scan(v, Kind::Header, IN_OTHER))
+            })
+        })
     }
 }
 

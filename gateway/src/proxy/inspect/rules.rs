@@ -361,7 +361,15 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "limit-001",
         class: LIMIT,
-        what: "a body longer than max_body_bytes, with body_over_limit = \"block\"",
+        what: "a body longer than max_body_bytes, with body_over_limit = \"finding\"",
+        pattern: None,
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "limit-002",
+        class: LIMIT,
+        what: "a body the inspector cannot read: a Content-Encoding other than gzip or deflate, \
+               several, or one that does not inflate",
         pattern: None,
         applies: IN_ALL,
     },

@@ -552,9 +552,10 @@ fn bodies_by_content_type_and_size() {
         body(Some("application/octet-stream"), "<script>"),
         (false, None)
     );
+    // A multipart body that does not split (no delimiter) is matched whole.
     assert_eq!(
         body(Some("multipart/form-data; boundary=x"), "<script>"),
-        (false, None)
+        (true, Some("xss-001"))
     );
     assert_eq!(body(Some("image/png"), "\0\0<script>"), (false, None));
 
@@ -587,6 +588,194 @@ fn bodies_by_content_type_and_size() {
             .map(|f| f.rule),
         Some("xss-001")
     );
+}
+
+/// A multipart/form-data body with boundary `B` of `(part headers, content)`.
+fn form_data(parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (headers, content) in parts {
+        body.extend_from_slice(b"--B\r\n");
+        body.extend_from_slice(headers.as_bytes());
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--B--\r\n");
+    body
+}
+
+#[test]
+fn multipart_bodies_part_by_part() {
+    let r = route();
+    let p = parts("/", &[("content-type", "multipart/form-data; boundary=B")]);
+    let check = |body: &[u8]| r.body(&p, body).map(|f| f.rule);
+    let field = |name: &str| format!("Content-Disposition: form-data; name=\"{name}\"");
+    let file = |name: &str, ty: &str| {
+        format!(
+            "Content-Disposition: form-data; name=\"f\"; filename=\"{name}\"\r\nContent-Type: {ty}"
+        )
+    };
+
+    // What a browser sends for a form with text fields and a binary file passes, NULs and all.
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR<script>../../\0";
+    let benign = form_data(&[
+        (&field("name"), b"Miles O'Brien"),
+        (&field("note"), b"select a plan; cat food & dog food"),
+        (&file("photo.png", "image/png"), png),
+        (&file("notes.txt", "text/plain"), b"just notes"),
+        (&field("empty"), b""),
+    ]);
+    assert_eq!(check(&benign), None);
+    assert!(r.wants_body(&p));
+
+    let attacks: &[(Vec<u8>, &str)] = &[
+        // A field value, with or without a type of its own, in any encoding.
+        (form_data(&[(&field("q"), b"1' OR '1'='1")]), "sqli-001"),
+        (
+            form_data(&[(&format!("{}\r\nContent-Type: application/octet-stream", field("q")), b"<script>")]),
+            "xss-001",
+        ),
+        (
+            form_data(&[(&format!("{}\r\nContent-Transfer-Encoding: base64", field("q")), b"PHNjcmlwdD4=")]),
+            "xss-001",
+        ),
+        (
+            form_data(&[(
+                &format!("{}\r\nContent-Transfer-Encoding: quoted-printable", field("q")),
+                b"=3Cscr=\r\nipt=3E",
+            )]),
+            "xss-001",
+        ),
+        // A JSON or a form part, by its type.
+        (
+            form_data(&[(&file("a.json", "application/json"), br#"{"a":"\u003cscript"}"#)]),
+            "xss-001",
+        ),
+        (
+            form_data(&[(&file("a", "application/x-www-form-urlencoded"), b"x=1%3Bwhoami")]),
+            "cmdi-001",
+        ),
+        // File names, field names, and RFC 2231 names.
+        (form_data(&[(&file("../../etc/passwd", "image/png"), b"x")]), "trav-001"),
+        (
+            form_data(&[("Content-Disposition: form-data; name=\"f\"; filename*=utf-8''..%2F..%2Fetc%2Fpasswd", b"x")]),
+            "trav-001",
+        ),
+        (form_data(&[(&field("<svg onload=alert(1)>"), b"x")]), "xss-002"),
+        // Other part headers.
+        (form_data(&[(&format!("{}\r\nX-Note: <script>", field("a")), b"x")]), "xss-001"),
+        // The preamble and the epilogue.
+        ([b"<script>\r\n".as_slice(), &form_data(&[(&field("a"), b"x")])].concat(), "xss-001"),
+        ([form_data(&[(&field("a"), b"x")]).as_slice(), b"<script>"].concat(), "xss-001"),
+        // A body that does not split: bare LF line ends, matched whole.
+        (b"--B\nContent-Disposition: form-data; name=a\n\n<script>\n--B--".to_vec(), "xss-001"),
+        // An attack after a text part that claims to close the body early.
+        (
+            form_data(&[(&field("a"), b"x\r\n--B--\r\n<script>")]),
+            "xss-001",
+        ),
+    ];
+    for (body, rule) in attacks {
+        assert_eq!(
+            check(body),
+            Some(*rule),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // A boundary given twice is ambiguous: the body is matched whole, as text.
+    let twice = parts(
+        "/",
+        &[(
+            "content-type",
+            "multipart/form-data; boundary=B; boundary=C",
+        )],
+    );
+    assert_eq!(
+        r.body(&twice, &form_data(&[(&field("a"), b"<script>")]))
+            .map(|f| f.rule),
+        Some("xss-001")
+    );
+}
+
+#[test]
+fn encoded_bodies_are_inflated_or_refused() {
+    use std::io::Write as _;
+    let r = route();
+    let with = |coding: &str| {
+        parts(
+            "/",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", coding),
+            ],
+        )
+    };
+    let gzip = {
+        let mut out = Vec::new();
+        let mut e = flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+        e.write_all(br#"{"q":"1' OR '1'='1"}"#).unwrap();
+        e.finish().unwrap();
+        out
+    };
+    let zlib = {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(br#"{"q":"<script>"}"#).unwrap();
+        e.finish().unwrap()
+    };
+    let raw = {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(br#"{"q":"../../etc/passwd"}"#).unwrap();
+        e.finish().unwrap()
+    };
+    let rule = |p: &Parts, b: &[u8]| r.body(p, b).map(|f| f.rule);
+    assert_eq!(rule(&with("gzip"), &gzip), Some("sqli-001"));
+    assert_eq!(rule(&with("X-GZIP"), &gzip), Some("sqli-001"));
+    assert_eq!(rule(&with("deflate"), &zlib), Some("xss-001"));
+    assert_eq!(rule(&with("deflate"), &raw), Some("trav-001"));
+    assert_eq!(
+        rule(&with("identity"), br#"{"q":"<script>"}"#),
+        Some("xss-001")
+    );
+    // Clean once inflated.
+    let clean = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(br#"{"name":"Miles O'Brien"}"#).unwrap();
+        e.finish().unwrap()
+    };
+    assert_eq!(rule(&with("gzip"), &clean), None);
+    // Codings the inspector cannot read, or bytes that do not inflate.
+    for coding in ["br", "zstd", "compress", "gzip, gzip", "x-custom"] {
+        assert_eq!(rule(&with(coding), &clean), Some("limit-002"), "{coding}");
+    }
+    assert_eq!(rule(&with("gzip"), b"not gzip at all"), Some("limit-002"));
+    let mut two = with("gzip");
+    two.headers
+        .append("content-encoding", "gzip".parse().unwrap());
+    assert_eq!(rule(&two, &clean), Some("limit-002"));
+    // A bomb is inflated no further than the limit, and is then a finding.
+    let small = route_with(InspectConfig {
+        mode: InspectMode::Block,
+        max_body_bytes: 1024,
+        ..InspectConfig::default()
+    });
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&vec![b'a'; 8 << 20]).unwrap();
+        e.finish().unwrap()
+    };
+    assert!(bomb.len() < 64 << 10);
+    assert_eq!(
+        small.body(&with("gzip"), &bomb).map(|f| f.rule),
+        Some("limit-001")
+    );
+    // limit-002 off: an unreadable body passes uninspected.
+    let lax = route_with(InspectConfig {
+        mode: InspectMode::Block,
+        disable: vec!["limit-002".into()],
+        ..InspectConfig::default()
+    });
+    assert!(lax.body(&with("br"), b"<script>").is_none());
 }
 
 #[test]
