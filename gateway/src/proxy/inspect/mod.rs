@@ -18,7 +18,8 @@
 //!   caching headers the proxy itself checks (see [`skipped`]); `Cookie` split into each
 //!   cookie's name and value. A finding names the header, never its value;
 //! - bodies by content type: `application/x-www-form-urlencoded` like the query,
-//!   JSON (`application/json`, `*+json`) with its string escapes, `text/*`, XML
+//!   JSON (`application/json`, `*+json`) string by string, keys and values, with their
+//!   escapes (a body that is not JSON between its strings is matched whole), `text/*`, XML
 //!   (`application/xml`, `*+xml`), and bodies without a content type as text;
 //! - `multipart/*` bodies part by part (multipart.rs): each part's header values (the
 //!   `Content-Disposition` parameters one by one: field names, file names) and its content by
@@ -442,8 +443,9 @@ impl RouteInspect {
         if raw.is_empty() {
             return None;
         }
-        // Bodies rarely repeat; paths, query parameters and header values do.
-        if raw.len() > CLEAN_TEXT_MAX || matches!(kind, Kind::Json | Kind::Text) {
+        // Text bodies rarely repeat; paths, query parameters, header values and JSON strings
+        // (keys, and values such as states and types) do.
+        if raw.len() > CLEAN_TEXT_MAX || kind == Kind::Text {
             return self.scan_now(raw, kind, part);
         }
         let known = CLEAN.with(|c| {
@@ -579,11 +581,47 @@ impl RouteInspect {
     fn typed(&self, kind: BodyKind, body: &[u8]) -> Option<&'static Rule> {
         match kind {
             BodyKind::Form => self.form(body),
-            BodyKind::Json => self.scan(body, Kind::Json, IN_OTHER),
+            BodyKind::Json => self.json(body),
             BodyKind::Xml => self.scan(body, Kind::Text, IN_XML),
             // A multipart part inside a part is matched as text, as a whole.
             BodyKind::Text | BodyKind::Multipart => self.scan(body, Kind::Text, IN_OTHER),
         }
+    }
+
+    /// A JSON body string by string: each key and each value, still escaped, matched as a JSON
+    /// part (its escapes decoded). Between strings only JSON may stand (punctuation, numbers,
+    /// `true`, `false`, `null`); a body with anything else there, or a string left open, is no
+    /// JSON, and is matched whole, as before.
+    fn json(&self, body: &[u8]) -> Option<&'static Rule> {
+        let whole = || self.scan(body, Kind::Json, IN_OTHER);
+        let mut i = 0;
+        while let Some(&b) = body.get(i) {
+            match b {
+                b'"' => {
+                    let start = i + 1;
+                    let mut end = start;
+                    loop {
+                        match body.get(end) {
+                            None => return whole(),
+                            Some(b'\\') => end += 2,
+                            Some(b'"') => break,
+                            Some(_) => end += 1,
+                        }
+                    }
+                    if let Some(r) = self.scan(&body[start..end], Kind::Json, IN_OTHER) {
+                        return Some(r);
+                    }
+                    i = end + 1;
+                }
+                b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b',' | b':' => i += 1,
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => i += 1,
+                b't' if body[i..].starts_with(b"true") => i += 4,
+                b'f' if body[i..].starts_with(b"false") => i += 5,
+                b'n' if body[i..].starts_with(b"null") => i += 4,
+                _ => return whole(),
+            }
+        }
+        None
     }
 
     /// A multipart body, part by part; see the module documentation.

@@ -590,6 +590,42 @@ fn bodies_by_content_type_and_size() {
     );
 }
 
+#[test]
+fn json_bodies_string_by_string() {
+    let r = route();
+    let p = parts("/", &[("content-type", "application/json")]);
+    let check = |body: &str| r.body(&p, body.as_bytes()).map(|f| f.rule);
+    for (body, rule) in [
+        (r#"{"q":"1' OR '1'='1"}"#, "sqli-001"),
+        (r#"{"<script>":1}"#, "xss-001"),
+        (
+            r#"[1, true, null, {"a": ["x", "\u003cscript"]}]"#,
+            "xss-001",
+        ),
+        (r#"{"q":"x\" or 1=1 -- "}"#, "sqli-001"),
+        (r#"{"f":"..\/..\/etc\/passwd"}"#, "trav-001"),
+        (r#"{"n":"a\u0000b"}"#, "null-001"),
+        // A key given twice: both values are matched, whichever the upstream keeps.
+        (r#"{"q":"<script>","q":"fine"}"#, "xss-001"),
+        // Not JSON between the strings, or a string left open: matched whole.
+        (r#"{"a": 1 <script>}"#, "xss-001"),
+        (r#"{"a": "x", b: ';whoami'}"#, "cmdi-001"),
+        (r#"{"a": "x <script>"#, "xss-001"),
+        ("\u{feff}{\"a\": \"x\"} <script>", "xss-001"),
+    ] {
+        assert_eq!(check(body), Some(rule), "{body}");
+    }
+    for body in [
+        r#"{"plan":"select","table":"from users","n":-1.5e+3,"ok":false,"x":null}"#,
+        r#"{"name":"Miles O'Brien","bio":"it's fine; or not","id":"id"}"#,
+        "[]",
+        "",
+        r#""just a string""#,
+    ] {
+        assert_eq!(check(body), None, "{body}");
+    }
+}
+
 /// A multipart/form-data body with boundary `B` of `(part headers, content)`.
 fn form_data(parts: &[(&str, &[u8])]) -> Vec<u8> {
     let mut body = Vec::new();
