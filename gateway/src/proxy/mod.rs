@@ -32,6 +32,7 @@
 //! auto-ban rules.
 
 pub mod auth;
+pub mod coding;
 pub mod h1;
 pub mod harden;
 pub mod inspect;
@@ -163,7 +164,11 @@ impl Security {
     ) -> Result<Security, String> {
         let inspect = r.inspect.as_ref().unwrap_or(&config.inspect);
         Ok(Security {
-            validator: r.validate.as_ref().map(Validator::new).transpose()?,
+            validator: r
+                .validate
+                .as_ref()
+                .map(|v| Validator::new(v).map(|v| v.within(config.proxy.max_body_bytes)))
+                .transpose()?,
             cors: r.cors.as_ref().map(Cors::new),
             limits: ratelimit::Limits::new(name, &r.rate_limits),
             auth: r.auth.as_ref().map(|a| auth.policy(a)).transpose()?,

@@ -275,6 +275,9 @@ pub struct Validator {
     required: Vec<HeaderName>,
     content_types: Vec<String>,
     max_body: Option<u64>,
+    /// How far a body with a `Content-Encoding` is inflated for its schema: the route's body
+    /// limit, or the proxy's ([`Validator::within`]).
+    inflate_max: u64,
     query: Option<Query>,
     schemas: Schemas,
 }
@@ -379,9 +382,16 @@ impl Validator {
                 .filter_map(|t| media_type(t))
                 .collect(),
             max_body: config.max_body_bytes,
+            inflate_max: config.max_body_bytes.unwrap_or(u64::MAX),
             query,
             schemas,
         })
+    }
+
+    /// The same, under the proxy's body limit `proxy_max`.
+    pub fn within(mut self, proxy_max: u64) -> Validator {
+        self.inflate_max = self.inflate_max.min(proxy_max);
+        self
     }
 
     pub fn check_access(&self, client: IpAddr) -> Result<(), Rejection> {
@@ -455,7 +465,25 @@ impl Validator {
         if !has_body(parts) {
             self.check_type(parts)?;
         }
-        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        // A compressed body is validated as what it inflates to.
+        let max = usize::try_from(self.inflate_max).unwrap_or(usize::MAX);
+        let Some(body) = super::coding::decoded(parts, body, max) else {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "validate:content_encoding",
+                "the body's Content-Encoding cannot be read: gzip and deflate can",
+            ));
+        };
+        if body.len() > max {
+            return Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "body:size",
+                format!("the request body inflates to more than {max} bytes"),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             bad(
                 "validate:json_schema",
                 format!("the body is not valid JSON: {e}"),
@@ -999,6 +1027,43 @@ mod tests {
         assert_eq!(
             rule(v.check_body(&parts("POST", "/", &[]), b"{}")),
             Some((415, "validate:content_type".into()))
+        );
+        // A gzipped body is validated as what it inflates to, within the proxy's limit.
+        let gzip = |s: &str| {
+            use std::io::Write as _;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(s.as_bytes()).unwrap();
+            e.finish().unwrap()
+        };
+        let zipped = parts(
+            "POST",
+            "/",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+        );
+        let ok = gzip(r#"{"name": "ann", "age": 3}"#);
+        assert_eq!(rule(v.check_body(&zipped, &ok)), None);
+        assert_eq!(
+            rule(v.check_body(&zipped, &gzip(r#"{"name": "ann", "age": -3}"#))),
+            Some((400, "validate:json_schema".into()))
+        );
+        let small = Validator::new(&c).unwrap().within(10);
+        assert_eq!(
+            rule(small.check_body(&zipped, &ok)),
+            Some((413, "body:size".into()))
+        );
+        let mut br = zipped.clone();
+        br.headers
+            .insert("content-encoding", HeaderValue::from_static("br"));
+        assert_eq!(
+            rule(v.check_body(&br, &ok)),
+            Some((415, "validate:content_encoding".into()))
+        );
+        assert_eq!(
+            rule(v.check_body(&zipped, b"{\"name\": \"ann\", \"age\": 3}")),
+            Some((415, "validate:content_encoding".into()))
         );
 
         // One schema for all: only bodies that are there are checked.

@@ -39,7 +39,7 @@ mod multipart;
 mod normalize;
 mod rules;
 
-use std::{cell::RefCell, collections::HashSet, io::Read as _, sync::Arc};
+use std::{cell::RefCell, collections::HashSet, sync::Arc};
 
 use hyper::{
     header::{self, HeaderName},
@@ -251,54 +251,6 @@ fn kind_of(value: &[u8]) -> Option<BodyKind> {
         Some(BodyKind::Multipart)
     } else {
         None
-    }
-}
-
-/// How a request body is encoded (its `Content-Encoding`).
-enum Coding {
-    Identity,
-    Gzip,
-    Deflate,
-    /// Another coding, several, or a header that is no coding.
-    Unreadable,
-}
-
-fn coding(parts: &Parts) -> Coding {
-    let mut values = parts.headers.get_all(header::CONTENT_ENCODING).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return if parts.headers.contains_key(header::CONTENT_ENCODING) {
-            Coding::Unreadable
-        } else {
-            Coding::Identity
-        };
-    };
-    let v = value.as_bytes().trim_ascii();
-    let is = |s: &str| v.eq_ignore_ascii_case(s.as_bytes());
-    if is("identity") || v.is_empty() {
-        Coding::Identity
-    } else if is("gzip") || is("x-gzip") {
-        Coding::Gzip
-    } else if is("deflate") {
-        Coding::Deflate
-    } else {
-        Coding::Unreadable
-    }
-}
-
-/// `body` inflated, at most `max + 1` bytes of it (one more than inspected, so a longer body
-/// is seen to be longer without inflating a bomb); `None` when it does not inflate. `deflate`
-/// is zlib (RFC 9110 section 8.4.1.2), or raw deflate as some clients send it.
-fn inflate(body: &[u8], coding: &Coding, max: usize) -> Option<Vec<u8>> {
-    let take = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    let read = |r: &mut dyn std::io::Read| {
-        let mut out = Vec::new();
-        r.take(take).read_to_end(&mut out).ok().map(|_| out)
-    };
-    match coding {
-        Coding::Gzip => read(&mut flate2::read::MultiGzDecoder::new(body)),
-        Coding::Deflate => read(&mut flate2::read::ZlibDecoder::new(body))
-            .or_else(|| read(&mut flate2::read::DeflateDecoder::new(body))),
-        Coding::Identity | Coding::Unreadable => None,
     }
 }
 
@@ -543,17 +495,10 @@ impl RouteInspect {
 
     pub fn body(&self, parts: &Parts, body: &[u8]) -> Option<Finding> {
         let kind = body_kind(parts)?;
-        let inflated;
-        let body = match coding(parts) {
-            Coding::Identity => body,
-            c => match inflate(body, &c, self.max_body) {
-                Some(b) => {
-                    inflated = b;
-                    &inflated[..]
-                }
-                None => return self.on("limit-002").map(|r| Finding::new(r, "body")),
-            },
+        let Some(inflated) = crate::proxy::coding::decoded(parts, body, self.max_body) else {
+            return self.on("limit-002").map(|r| Finding::new(r, "body"));
         };
+        let body = &inflated[..];
         let body = if body.len() > self.max_body {
             if self.over_limit == OverLimit::Finding {
                 if let Some(r) = self.on("limit-001") {
