@@ -84,6 +84,10 @@ pub struct ProxyConfig {
     /// client address is then the right-most address there that is not one of them. Empty
     /// (the default): the client is always the socket's peer.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Runs of `/` in a request path made one before routing and forwarding (`//admin` is
+    /// `/admin`), as many upstream servers do; on by default, so that the gateway routes the
+    /// path the upstream will serve.
+    pub merge_slashes: bool,
 }
 
 impl Default for ProxyConfig {
@@ -102,6 +106,7 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            merge_slashes: true,
         }
     }
 }

@@ -159,6 +159,26 @@ upstream = "dead"
             .status,
         404
     );
+    // Escaped unreserved characters are decoded and slashes merged before routing, and the
+    // path is forwarded so: the upstream serves the path that was routed.
+    let r = send(&client, at("api.example.com", "/%76%31//x/%7Eme", &[])).await;
+    assert_eq!(r.json["uri"], "/x/~me", "{:?}", r.json);
+    assert_eq!(
+        send(&client, at("api.example.com", "//admin", &[]))
+            .await
+            .status,
+        404
+    );
+    // An encoded slash in a name goes through untouched; a dot segment behind one is refused.
+    let r = send(&client, at("api.example.com", "/v1/group%2Fname", &[])).await;
+    assert_eq!(r.json["uri"], "/group%2Fname", "{:?}", r.json);
+    let r = send(
+        &client,
+        at("api.example.com", "/v1/x%2f..%2f..%2fadmin", &[]),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.json);
+    assert_eq!(r.json["error"], "bad_path", "{:?}", r.json);
 
     // Round-robin over the two targets.
     let before = (a1.served(), a2.served());

@@ -130,6 +130,8 @@ pub struct Proxy {
     trusted_proxies: Vec<ipnet::IpNet>,
     /// Security headers of responses that match no route.
     headers: Arc<SecurityHeaders>,
+    /// `proxy.merge_slashes`: see [`route::normalize_path`].
+    merge_slashes: bool,
 }
 
 struct Route {
@@ -395,6 +397,7 @@ impl Proxy {
             auth,
             trusted_proxies: p.trusted_proxies.clone(),
             headers,
+            merge_slashes: p.merge_slashes,
         })
     }
 
@@ -408,9 +411,17 @@ impl Proxy {
         // Valid ids are ASCII, so this never falls back.
         let id = id_value.to_str().unwrap_or_default();
         let host = request_host(&req);
-        let path = route::normalize_path(req.uri().path()).into_owned();
+        let (path, bad_path) = match route::normalize_path(req.uri().path(), self.merge_slashes) {
+            Ok(p) => (p.into_owned(), None),
+            Err(e) => (req.uri().path().to_owned(), Some(e)),
+        };
         let client = validate::client_ip(conn.client.ip(), req.headers(), &self.trusted_proxies);
-        let found = self.routes.iter().find_map(|r| {
+        let routes = if bad_path.is_some() {
+            &[][..]
+        } else {
+            &self.routes[..]
+        };
+        let found = routes.iter().find_map(|r| {
             r.matcher
                 .matches(
                     host.as_deref(),
@@ -452,13 +463,22 @@ impl Proxy {
             in_flight: None,
         };
         let Some((route, forward_path)) = found else {
-            let mut response = error(
-                StatusCode::NOT_FOUND,
-                "no_route",
-                "no route matches the request",
-                id,
-                &mut done,
-            );
+            let mut response = match bad_path {
+                Some(route::BadPath(why)) => error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_path",
+                    &format!("the request path is refused: {why}"),
+                    id,
+                    &mut done,
+                ),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    "no route matches the request",
+                    id,
+                    &mut done,
+                ),
+            };
             self.headers.apply(response.headers_mut(), conn.tls);
             return self.finish(response, id_value, done);
         };

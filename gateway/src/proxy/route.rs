@@ -375,51 +375,88 @@ impl Matcher {
     }
 }
 
-/// Removes dot segments (RFC 3986 section 5.2.4), `.` and `..` also when percent-encoded, so
-/// that `/api/../admin` cannot reach past a route's prefix. Paths without dot segments come
-/// back borrowed.
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let dotty = |s: &str| {
-        let s = s.as_bytes();
-        let mut i = 0;
-        let mut dots = 0;
-        while i < s.len() {
-            if s[i] == b'.' {
-                i += 1;
-            } else if s.len() - i >= 3
-                && s[i] == b'%'
-                && s[i + 1] == b'2'
-                && (s[i + 2] | 0x20) == b'e'
-            {
-                i += 3;
-            } else {
-                return 0;
-            }
-            dots += 1;
-        }
-        dots
+/// Why a path is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadPath(pub &'static str);
+
+/// The path the gateway routes on and forwards, so that it and the upstream see the same one:
+/// 1. percent-encoded unreserved characters decoded (RFC 3986 section 6.2.2.2: `%61` is `a`,
+///    `%2e` is `.`); other escapes stay as they are;
+/// 2. runs of `/` made one, when `merge_slashes` (`//admin` is `/admin` to many servers);
+/// 3. dot segments removed (RFC 3986 section 5.2.4), so that `/api/../admin` cannot reach past
+///    a route's prefix.
+///
+/// A dot segment behind an encoded slash or backslash (`/api%2f..%2fadmin`) is refused: an
+/// upstream that decodes those before it routes would resolve it past the route. Paths that
+/// need none of this come back borrowed.
+pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, BadPath> {
+    let b = path.as_bytes();
+    let hex = |i: usize| -> Option<u8> {
+        let d = |c: u8| (c as char).to_digit(16);
+        Some((d(*b.get(i + 1)?)? * 16 + d(*b.get(i + 2)?)?) as u8)
     };
-    if !path.split('/').any(|seg| matches!(dotty(seg), 1 | 2)) {
-        return Cow::Borrowed(path);
+    let unreserved = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+    let escaped = (0..b.len()).any(|i| b[i] == b'%' && hex(i).is_some_and(unreserved));
+    let doubled = merge_slashes && path.contains("//");
+    let decoded: Cow<'_, str> = if escaped {
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match hex(i).filter(|&c| b[i] == b'%' && unreserved(c)) {
+                Some(c) => {
+                    out.push(c);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        // Only ASCII was put in for ASCII escapes.
+        Cow::Owned(String::from_utf8(out).map_err(|_| BadPath("not UTF-8"))?)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let dot = |seg: &str| matches!(seg, "." | "..");
+    let hidden = decoded.split('/').any(|seg| {
+        if !seg.contains('%') {
+            return false;
+        }
+        let opened = ["%2f", "%2F", "%5c", "%5C"]
+            .iter()
+            .fold(seg.to_owned(), |s, slash| s.replace(slash, "/"));
+        opened.len() < seg.len() && opened.split('/').any(dot)
+    });
+    if hidden {
+        return Err(BadPath("a dot segment behind an encoded slash"));
+    }
+    if !doubled && !decoded.split('/').any(dot) {
+        return Ok(decoded);
     }
     let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let segments: Vec<&str> = decoded
+        .strip_prefix('/')
+        .unwrap_or(&decoded)
+        .split('/')
+        .collect();
     let last = segments.len() - 1;
     let mut trailing_slash = false;
     for (i, seg) in segments.iter().enumerate() {
-        match dotty(seg) {
-            1 => trailing_slash = i == last,
-            2 => {
+        match *seg {
+            "." => trailing_slash = i == last,
+            ".." => {
                 out.pop();
                 trailing_slash = i == last;
             }
+            "" if merge_slashes => trailing_slash = i == last,
             _ => {
                 out.push(seg);
                 trailing_slash = false;
             }
         }
     }
-    let mut joined = String::with_capacity(path.len());
+    let mut joined = String::with_capacity(decoded.len());
     for seg in &out {
         joined.push('/');
         joined.push_str(seg);
@@ -427,7 +464,7 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
     if trailing_slash || joined.is_empty() {
         joined.push('/');
     }
-    Cow::Owned(joined)
+    Ok(Cow::Owned(joined))
 }
 
 #[cfg(test)]
@@ -517,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_removed() {
+    fn paths_are_normalised() {
         for (input, want) in [
             ("/a/b", "/a/b"),
             ("/api/../admin", "/admin"),
@@ -529,10 +566,38 @@ mod tests {
             ("/..", "/"),
             ("/a/...", "/a/..."),
             ("/a/.hidden", "/a/.hidden"),
-            ("/a/%2e%2e%2e", "/a/%2e%2e%2e"),
+            ("/a/%2e%2e%2e", "/a/..."),
+            // Unreserved characters decoded; other escapes kept as they are.
+            ("/%61dmin/%7Eme", "/admin/~me"),
+            ("/a%2Fb/c%20d/%25/%00/%zz/%4", "/a%2Fb/c%20d/%25/%00/%zz/%4"),
+            ("/%C3%A9t%C3%A9", "/%C3%A9t%C3%A9"),
+            // Slashes merged.
+            ("//admin", "/admin"),
+            ("/a//b///c//", "/a/b/c/"),
+            ("/a/.//../b", "/b"),
         ] {
-            assert_eq!(normalize_path(input), want, "{input}");
+            assert_eq!(normalize_path(input, true).unwrap(), want, "{input}");
         }
-        assert!(matches!(normalize_path("/plain/path"), Cow::Borrowed(_)));
+        assert_eq!(normalize_path("/a//b", false).unwrap(), "/a//b");
+        assert_eq!(normalize_path("/a//../b", false).unwrap(), "/a/b");
+        assert!(matches!(
+            normalize_path("/plain/path", true),
+            Ok(Cow::Borrowed(_))
+        ));
+        // Dot segments behind encoded slashes or backslashes.
+        for input in [
+            "/api%2f..%2fadmin",
+            "/api/%2F..",
+            "/api/..%5Cadmin",
+            "/api/%2e%2e%2fadmin",
+            "/x/.%2f",
+        ] {
+            assert!(normalize_path(input, true).is_err(), "{input}");
+        }
+        // Encoded slashes in names are fine.
+        assert_eq!(
+            normalize_path("/projects/group%2Fname/files/a%2Fb.txt", true).unwrap(),
+            "/projects/group%2Fname/files/a%2Fb.txt"
+        );
     }
 }
