@@ -423,6 +423,33 @@ async fn pipelining_close_and_the_hand_over_to_hyper() {
         assert_eq!(r.json()["body_bytes"], bytes);
     }
 
+    // Absolute form: the request-target's authority, not the Host header, is routed and is
+    // the Host the upstream sees (RFC 9112 section 3.2.2); on the fast path and on hyper's
+    // (chunked).
+    c.write(b"GET http://Public.Example:8080/abs?q=1 HTTP/1.1\r\nhost: internal.example\r\n\r\n")
+        .await;
+    let r = c.response(false).await.unwrap();
+    assert_eq!(r.json()["uri"], "/abs?q=1", "{:?}", r.json());
+    assert_eq!(
+        r.json()["headers"]["host"],
+        "Public.Example:8080",
+        "{:?}",
+        r.json()
+    );
+    c.write(
+        b"POST http://public.example/abs2 HTTP/1.1\r\nhost: internal.example\r\n\
+          transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let r = c.response(false).await.unwrap();
+    assert_eq!(r.json()["uri"], "/abs2", "{:?}", r.json());
+    assert_eq!(
+        r.json()["headers"]["host"],
+        "public.example",
+        "{:?}",
+        r.json()
+    );
+
     // Requests the fast path leaves to hyper, on the same connection, between fast ones: a
     // chunked body, a body over 64 KiB, Expect: 100-continue. Each is answered, in order.
     let large = vec![b'x'; 100_000];

@@ -705,6 +705,18 @@ impl Proxy {
                 (None, _) => f.path.into(),
             };
         remove_hop_by_hop(&mut parts.headers);
+        // A request-target with an authority (HTTP/1.1 absolute form, HTTP/2 `:authority`)
+        // names the host that was routed: it replaces the Host header (RFC 9112 section
+        // 3.2.2), so the upstream cannot be pointed at another virtual host than the route's.
+        if let Some(a) = parts.uri.authority() {
+            let value = match a.port() {
+                Some(p) => HeaderValue::from_str(&format!("{}:{p}", a.host())),
+                None => HeaderValue::from_str(a.host()),
+            };
+            if let Ok(v) = value {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
         add_forwarding(&mut parts.headers, f.conn, f.host, f.id_value);
         let client_ip = f.client_ip;
         let deadline = tokio::time::Instant::now() + f.timeout;
