@@ -74,6 +74,9 @@ upstream = "dead"
     assert_eq!(r.status, 200);
     assert_eq!(r.json, serde_json::json!({"ok": true}));
     assert!(r.headers.get("x-request-id").is_some());
+    // Path parameters end a segment: the route for /healthz takes /healthz;v=1.
+    let r = send(&client, at("anything", "/healthz;v=1", &[])).await;
+    assert_eq!(r.json, serde_json::json!({"ok": true}));
 
     // Host and prefix route: the prefix is stripped, the query kept, forwarding headers set,
     // hop-by-hop headers dropped both ways, a valid request id kept.

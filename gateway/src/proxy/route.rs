@@ -76,8 +76,10 @@ impl Template {
         for (i, seg) in self.segments.iter().enumerate() {
             let end = rest.find('/').unwrap_or(rest.len());
             let (value, tail) = rest.split_at(end);
+            // A literal segment also matches with path parameters after it (`orders;v=2`).
+            let bare = value.split(';').next().unwrap_or(value);
             match seg {
-                Segment::Literal(l) if l == value => {}
+                Segment::Literal(l) if l == bare => {}
                 Segment::Literal(_) => return None,
                 Segment::Capture(_) if value.is_empty() => return None,
                 Segment::Capture(_) => captures.push(value),
@@ -346,15 +348,18 @@ impl Matcher {
         }
         let (captures, rest) = match &self.path {
             PathMatch::Any => return Some(Cow::Borrowed(path)),
+            // A `;` ends a segment as `/` does: `/admin;x=1` is `/admin` to servers that take
+            // path parameters (Tomcat, Jetty, JAX-RS), so it is routed as `/admin` here.
             PathMatch::Exact(p) => {
-                if path != p {
+                let rest = path.strip_prefix(p.as_str())?;
+                if !(rest.is_empty() || rest.starts_with(';')) {
                     return None;
                 }
-                (Vec::new(), "")
+                (Vec::new(), rest)
             }
             PathMatch::Prefix(prefix) => {
                 let rest = path.strip_prefix(prefix.as_str())?;
-                if !(rest.is_empty() || rest.starts_with('/')) {
+                if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with(';')) {
                     return None;
                 }
                 (Vec::new(), rest)
@@ -369,6 +374,7 @@ impl Matcher {
         };
         Some(match &rewrite.0 {
             PathChange::Keep => Cow::Borrowed(path),
+            PathChange::Strip if rest.starts_with(';') => Cow::Owned(format!("/{rest}")),
             PathChange::Strip => Cow::Borrowed(if rest.is_empty() { "/" } else { rest }),
             PathChange::Rewrite(r) => Cow::Owned(r.apply(&captures, rest)),
         })
@@ -514,6 +520,27 @@ mod tests {
         let r = route("path_prefix = \"/api/\"\nupstream = \"a\"");
         assert_eq!(forward(&r, "/api").as_deref(), Some("/api"));
         assert_eq!(forward(&r, "/apix"), None);
+    }
+
+    #[test]
+    fn path_parameters_end_a_segment() {
+        let r = route("path = \"/admin\"\nupstream = \"a\"");
+        assert_eq!(forward(&r, "/admin;x=1").as_deref(), Some("/admin;x=1"));
+        assert_eq!(forward(&r, "/admin;").as_deref(), Some("/admin;"));
+        assert_eq!(forward(&r, "/adminx;x=1"), None);
+        let r = route("path_prefix = \"/admin\"\nstrip_prefix = true\nupstream = \"a\"");
+        assert_eq!(
+            forward(&r, "/admin;jsessionid=1/x").as_deref(),
+            Some("/;jsessionid=1/x")
+        );
+        assert_eq!(forward(&r, "/admin/x;y").as_deref(), Some("/x;y"));
+        assert_eq!(forward(&r, "/adminx;y"), None);
+        let r = route("path = \"/users/{id}/orders\"\nupstream = \"a\"");
+        assert_eq!(
+            forward(&r, "/users/7/orders;v=2").as_deref(),
+            Some("/users/7/orders;v=2")
+        );
+        assert_eq!(forward(&r, "/users/7/ordersx"), None);
     }
 
     #[test]
