@@ -596,7 +596,9 @@ impl Proxy {
             s.limits.check(false, parts, client, None, closest)?;
         }
         let identity: Option<Identity> = match &s.auth {
-            Some(policy) => policy.check(parts).await?,
+            // Boxed: a check may fetch keys or introspect, and that state is large; inline,
+            // every request (of every route) would carry and move it.
+            Some(policy) => Box::pin(policy.check(parts)).await?,
             None => None,
         };
         if let (Some(i), Some(a)) = (&identity, done.audit.as_mut()) {
@@ -660,7 +662,8 @@ impl Proxy {
             return Ok(Admitted::Go(Payload::Stream(limited.boxed())));
         }
         // A phase needs the whole body: read it, within the limit and the route's timeout.
-        let bytes = match tokio::time::timeout(route.timeout, limited.collect()).await {
+        let collect = Box::pin(tokio::time::timeout(route.timeout, limited.collect()));
+        let bytes = match collect.await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<BodyTooLarge>() => return Err(too_large(max_body)),
             Ok(Err(_)) => return Err(bad_body()),
