@@ -596,9 +596,7 @@ impl Proxy {
             s.limits.check(false, parts, client, None, closest)?;
         }
         let identity: Option<Identity> = match &s.auth {
-            // Boxed: a check may fetch keys or introspect, and that state is large; inline,
-            // every request (of every route) would carry and move it.
-            Some(policy) => Box::pin(policy.check(parts)).await?,
+            Some(policy) => policy.check(parts).await?,
             None => None,
         };
         if let (Some(i), Some(a)) = (&identity, done.audit.as_mut()) {

@@ -547,7 +547,9 @@ impl RoutePolicy {
             for (p, counters) in &self.jwt {
                 // Read before verifying: a set fetched meanwhile leaves the entry stale.
                 let generation = p.generation();
-                match p.verify(&parsed, now).await {
+                // Boxed, as below: verifying may fetch keys, and that state is large; inline,
+                // every request would carry and move it, cached tokens too.
+                match Box::pin(p.verify(&parsed, now)).await {
                     Ok(v) => {
                         counters.ok.inc();
                         let v = Arc::new(v);
@@ -578,7 +580,7 @@ impl RoutePolicy {
         }
         let mut first = None;
         for (p, counters) in &self.introspection {
-            match p.verify(token, now).await {
+            match Box::pin(p.verify(token, now)).await {
                 Ok(v) => {
                     counters.ok.inc();
                     let v = Arc::new(v);
