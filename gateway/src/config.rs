@@ -58,7 +58,7 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     /// Time for an upstream to answer with its response head, retries included, unless the
-    /// route says otherwise.
+    /// route says otherwise; then the longest pause between two reads of the response body.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// Threads serving client connections; 0 (the default): one per CPU.

@@ -224,6 +224,7 @@ impl RawUpstream {
             }
             buf.drain(..len + body_len);
             let mut close = false;
+            let mut stall = false;
             let answer: Vec<u8> = match path.as_str() {
                 "/length" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-kind: length\r\n\r\nhello".to_vec(),
                 "/chunked" => {
@@ -264,10 +265,19 @@ impl RawUpstream {
                     close = true;
                     b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_vec()
                 }
+                // Part of the body, then nothing, the connection held open.
+                "/stall" => {
+                    stall = true;
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".to_vec()
+                }
                 _ if method == "HEAD" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec(),
                 _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
             };
             if stream.write_all(&answer).await.is_err() || close {
+                return;
+            }
+            if stall {
+                tokio::time::sleep(Duration::from_secs(30)).await;
                 return;
             }
         }
@@ -284,7 +294,9 @@ async fn upstream_framings_and_connection_reuse() {
     let port = free_port();
     let setup = Setup::new();
     let rest = format!(
-        "[upstreams.raw]\ntargets = [\"127.0.0.1:{}\"]\nretries = 0\n\n[[routes]]\nupstream = \"raw\"\n",
+        "[upstreams.raw]\ntargets = [\"127.0.0.1:{}\"]\nretries = 0\n\n\
+         [[routes]]\npath = \"/stall\"\nupstream = \"raw\"\ntimeout = \"1s\"\n\n\
+         [[routes]]\nupstream = \"raw\"\n",
         upstream.port
     );
     // One worker, so every request shares one list of idle upstream connections.
@@ -395,6 +407,21 @@ async fn upstream_framings_and_connection_reuse() {
     let text = String::from_utf8_lossy(&c.buf);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("only this"), "{text}");
+
+    // A target that stops in the middle of a body is cut off after the route's timeout (1 s
+    // here), and the client's connection with it, rather than held open for ever.
+    let mut c = Raw::connect(port).await;
+    let started = std::time::Instant::now();
+    c.write(get("/stall").as_bytes()).await;
+    while c.fill().await {}
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&c.buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("partial"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

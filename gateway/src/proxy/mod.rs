@@ -530,6 +530,15 @@ impl Proxy {
                         host: host.as_deref(),
                         path: &forward_path,
                         timeout: route.timeout,
+                        idempotent: matches!(
+                            parts.method,
+                            Method::GET
+                                | Method::HEAD
+                                | Method::OPTIONS
+                                | Method::PUT
+                                | Method::DELETE
+                                | Method::TRACE
+                        ),
                         id,
                         id_value: &id_value,
                     };
@@ -687,15 +696,7 @@ impl Proxy {
         done: &mut Done,
     ) -> Response<Body> {
         let max_body = self.limits.max_body_bytes;
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
+        let idempotent = f.idempotent;
         // A body in memory can be sent again; one still arriving only once.
         let resendable = !matches!(body, Payload::Stream(_));
         let mut body = Some(body);
@@ -763,18 +764,11 @@ impl Proxy {
             let attempt = async {
                 match (f.fast, payload) {
                     (Some(fast), Payload::Empty) => {
-                        fast_send(
-                            fast,
-                            target.addr,
-                            &parts,
-                            &path_and_query,
-                            Bytes::new(),
-                            idempotent,
-                        )
-                        .await
+                        let body = Bytes::new();
+                        fast_send(fast, target.addr, &parts, &path_and_query, body, &f).await
                     }
                     (Some(fast), Payload::Bytes(b)) => {
-                        fast_send(fast, target.addr, &parts, &path_and_query, b, idempotent).await
+                        fast_send(fast, target.addr, &parts, &path_and_query, b, &f).await
                     }
                     (_, payload) => {
                         let uri = Uri::try_from([target.origin.as_str(), &path_and_query].concat())
@@ -785,7 +779,11 @@ impl Proxy {
                         *request.version_mut() = f.version;
                         *request.headers_mut() = parts.headers.clone();
                         match f.client.request(request).await {
-                            Ok(r) => Ok(r.map(|b| b.map_err(BoxError::from).boxed())),
+                            Ok(r) => {
+                                Ok(r.map(|b| {
+                                    Idle::new(b.map_err(BoxError::from), f.timeout).boxed()
+                                }))
+                            }
                             Err(e) if has_source::<BodyTooLarge>(&e) => Err(Failure::BodyTooLarge),
                             Err(e) if has_source::<ClientBodyError>(&e) => Err(Failure::ClientBody),
                             Err(e) => Err(Failure::Upstream {
@@ -912,16 +910,17 @@ async fn fast_send(
     parts: &Parts,
     path_and_query: &str,
     body: Bytes,
-    idempotent: bool,
+    f: &Forward<'_>,
 ) -> Result<Response<Body>, Failure> {
     let outgoing = h1::client::Outgoing {
         method: &parts.method,
         path_and_query,
         headers: &parts.headers,
         body,
+        body_timeout: f.timeout,
     };
     client
-        .send(addr, outgoing, idempotent)
+        .send(addr, outgoing, f.idempotent)
         .await
         .map_err(|e| Failure::Upstream {
             connect: e.is_connect(),
@@ -941,6 +940,8 @@ struct Forward<'a> {
     host: Option<&'a str>,
     path: &'a str,
     timeout: Duration,
+    /// A resend cannot do harm (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
+    idempotent: bool,
     id: &'a str,
     id_value: &'a HeaderValue,
 }
@@ -1112,6 +1113,72 @@ impl hyper::body::Body for Tracked {
             _ => {}
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's response body that may rest no longer than `after` between two frames, as
+/// the head may take no longer than the route's timeout (nginx's `proxy_read_timeout`): an
+/// upstream that stalls in the middle of a body is cut off, and the client's connection with
+/// it, rather than held open for ever. The timer is made only when the body first waits.
+struct Idle<B> {
+    inner: B,
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The upstream sent no more of its response body for this long.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's response body stalled for {0:?}")]
+struct Stalled(Duration);
+
+impl<B> Idle<B> {
+    fn new(inner: B, after: Duration) -> Idle<B> {
+        Idle {
+            inner,
+            after,
+            timer: None,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Idle<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.after);
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let after = this.after;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                match std::future::Future::poll(timer.as_mut(), cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(after)) as BoxError))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

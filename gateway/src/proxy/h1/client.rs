@@ -54,6 +54,8 @@ pub struct Outgoing<'a> {
     /// Already without hop-by-hop headers; `Content-Length` is set here from `body`.
     pub headers: &'a HeaderMap,
     pub body: Bytes,
+    /// The longest rest between two reads of the response body (see `proxy::Idle`).
+    pub body_timeout: Duration,
 }
 
 /// Why a request got no response head.
@@ -174,7 +176,7 @@ impl Client {
                 Some(c) => (c, true),
                 None => (self.connect(addr).await?, false),
             };
-            match exchange(conn, &head, &req.body, head_only).await {
+            match exchange(conn, &head, &req, head_only).await {
                 Ok(response) => return Ok(response),
                 Err((e, answered)) => {
                     if reused && !answered && idempotent {
@@ -257,9 +259,10 @@ fn encode(req: &Outgoing<'_>, addr: SocketAddr) -> Vec<u8> {
 async fn exchange(
     mut conn: Conn,
     head: &[u8],
-    body: &Bytes,
+    req: &Outgoing<'_>,
     head_only: bool,
 ) -> Result<Response<Body>, (SendError, bool)> {
+    let body = &req.body;
     let written = async {
         conn.stream.write_all(head).await?;
         if body.len() > COALESCE {
@@ -278,7 +281,8 @@ async fn exchange(
                 }
                 continue;
             }
-            return respond(conn, status, version, headers, head_only).map_err(|e| (e, true));
+            return respond(conn, status, version, headers, head_only, req.body_timeout)
+                .map_err(|e| (e, true));
         }
         if conn.buf.len() > MAX_HEAD {
             return Err((SendError::Protocol("response head too large"), true));
@@ -365,6 +369,7 @@ fn respond(
     version: Version,
     mut headers: HeaderMap,
     head_only: bool,
+    body_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
     let mut keep = version == Version::HTTP_11
         && !headers
@@ -429,30 +434,25 @@ fn respond(
             }
             super::super::full(bytes)
         }
-        Framing::Length(n) => Streaming {
-            conn: Some(conn),
-            mode: Mode::Length(n),
-            keep,
-        }
-        .boxed(),
-        Framing::Chunked => Streaming {
-            conn: Some(conn),
-            mode: Mode::Chunked(Chunked::new()),
-            keep,
-        }
-        .boxed(),
-        Framing::Close => Streaming {
-            conn: Some(conn),
-            mode: Mode::Close,
-            keep: false,
-        }
-        .boxed(),
+        Framing::Length(n) => streaming(conn, Mode::Length(n), keep, body_timeout),
+        Framing::Chunked => streaming(conn, Mode::Chunked(Chunked::new()), keep, body_timeout),
+        Framing::Close => streaming(conn, Mode::Close, false, body_timeout),
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// A body still to be read from `conn`, cut off when it rests longer than `after`.
+fn streaming(conn: Conn, mode: Mode, keep: bool, after: Duration) -> Body {
+    let body = Streaming {
+        conn: Some(conn),
+        mode,
+        keep,
+    };
+    super::super::Idle::new(body, after).boxed()
 }
 
 enum Mode {
