@@ -397,6 +397,14 @@ pub struct BadPath(pub &'static str);
 /// need none of this come back borrowed.
 pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, BadPath> {
     let b = path.as_bytes();
+    // Most paths: no escape, no dot segment (each starts after a `/`), no `//`.
+    if !b.contains(&b'%')
+        && !path.contains("/.")
+        && !path.starts_with('.')
+        && !(merge_slashes && path.contains("//"))
+    {
+        return Ok(Cow::Borrowed(path));
+    }
     let hex = |i: usize| -> Option<u8> {
         let d = |c: u8| (c as char).to_digit(16);
         Some((d(*b.get(i + 1)?)? * 16 + d(*b.get(i + 2)?)?) as u8)
