@@ -180,12 +180,12 @@ pub fn header<'a>(part: &Part<'a>, name: &str) -> Option<&'a [u8]> {
         .map(|&(_, v)| v)
 }
 
-/// Whether a `Content-Disposition` value names a file (`filename` or `filename*`).
+/// Whether a `Content-Disposition` value names a file (`filename` or `filename*`) before any
+/// parameter that does not parse: a part whose file name is in doubt is a field, and its
+/// content is inspected.
 pub fn names_file(disposition: &[u8]) -> bool {
-    params(disposition).any(|p| {
-        p.is_none_or(|(name, _)| {
-            name.eq_ignore_ascii_case(b"filename") || name.eq_ignore_ascii_case(b"filename*")
-        })
+    params(disposition).map_while(|p| p).any(|(name, _)| {
+        name.eq_ignore_ascii_case(b"filename") || name.eq_ignore_ascii_case(b"filename*")
     })
 }
 
@@ -312,6 +312,8 @@ mod tests {
             header(&m.parts[0], "content-disposition").unwrap()
         ));
         assert!(names_file(b"form-data; name=a; filename*=utf-8''%2e%2e"));
+        assert!(!names_file(b"form-data; name=a; junk; filename=x"));
+        assert!(!names_file(b"form-data; name=\"a"));
 
         // No preamble, an empty part, a folded header line, no epilogue.
         let m = split(

@@ -698,6 +698,16 @@ fn multipart_bodies_part_by_part() {
             "trav-001",
         ),
         (form_data(&[(&field("<svg onload=alert(1)>"), b"x")]), "xss-002"),
+        // A binary type with a file name in doubt (a parameter that does not parse first) is
+        // a field: its content is inspected.
+        (
+            form_data(&[(
+                "Content-Disposition: form-data; name=\"q\"; junk; filename=\"a.bin\"\r\n\
+                 Content-Type: application/octet-stream",
+                b"<script>",
+            )]),
+            "xss-001",
+        ),
         // Other part headers.
         (form_data(&[(&format!("{}\r\nX-Note: <script>", field("a")), b"x")]), "xss-001"),
         // The preamble and the epilogue.
