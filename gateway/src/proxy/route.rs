@@ -398,11 +398,11 @@ pub struct BadPath(pub &'static str);
 pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, BadPath> {
     let b = path.as_bytes();
     // Most paths: no escape, no dot segment (each starts after a `/`), no `//`.
-    if !b.contains(&b'%')
-        && !path.contains("/.")
-        && !path.starts_with('.')
-        && !(merge_slashes && path.contains("//"))
-    {
+    let plain = !(b.contains(&b'%')
+        || path.contains("/.")
+        || path.starts_with('.')
+        || merge_slashes && path.contains("//"));
+    if plain {
         return Ok(Cow::Borrowed(path));
     }
     let hex = |i: usize| -> Option<u8> {
