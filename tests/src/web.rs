@@ -222,7 +222,43 @@ impl Drop for Upstream {
 
 type State = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicU16>);
 
+/// A response body that sends one chunk and then nothing, for ever.
+pub struct Stall(Option<Bytes>);
+
+impl hyper::body::Body for Stall {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+type AnswerBody = http_body_util::Either<Full<Bytes>, Stall>;
+
+/// The answer: a JSON echo of the request; `x-test-stall` (any value) makes it one chunk of
+/// a body that never ends.
 async fn answer(
+    name: &str,
+    req: Request<Incoming>,
+    state: State,
+) -> Result<Response<AnswerBody>, Infallible> {
+    if req.headers().contains_key("x-test-stall") {
+        state.0.fetch_add(1, Ordering::Relaxed);
+        let body = Stall(Some(Bytes::from_static(b"partial")));
+        return Ok(Response::new(http_body_util::Either::Right(body)));
+    }
+    let r = echo(name, req, state).await?;
+    Ok(r.map(http_body_util::Either::Left))
+}
+
+async fn echo(
     name: &str,
     req: Request<Incoming>,
     (served, checks, health): State,

@@ -77,6 +77,11 @@ tls = {{ ca = "ca.pem", server_name = "upstream.internal", cert = "client.pem", 
 targets = ["{plain}"]
 
 [[routes]]
+path_prefix = "/secure/stall"
+upstream = "secure"
+timeout = "1s"
+
+[[routes]]
 path_prefix = "/secure"
 upstream = "secure"
 
@@ -168,6 +173,33 @@ upstream = "plain"
     assert_eq!(r.json["upstream"], "secure");
     assert_eq!(r.json["version"], "HTTP/2.0");
     assert_eq!(secure.served(), 1);
+
+    // That upstream stops in the middle of a body: cut off after the route's timeout (1 s),
+    // rather than held open for ever.
+    let client = https(&pki, "a.example.test", true);
+    let started = std::time::Instant::now();
+    let response = client
+        .request(get(
+            &format!("https://127.0.0.1:{tls_port}/secure/stall"),
+            "a.example.test",
+            &[("x-test-stall", "1")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        http_body_util::BodyExt::collect(response.into_body()),
+    )
+    .await
+    .expect("the stalled body was not cut off");
+    let took = started.elapsed();
+    assert!(body.is_err(), "a body that never ended came out whole");
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(secure.served(), 2);
 
     // Garbage instead of a handshake is counted and closed.
     let before = web::metric(
