@@ -381,6 +381,53 @@ impl Matcher {
     }
 }
 
+/// `path` with its escaped unreserved characters decoded (RFC 3986 section 6.2.2.2); borrowed
+/// when it has none.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    let unreserved_at = |i: usize| {
+        let hex = path
+            .get(i + 1..i + 3)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        let c = char::from(u8::from_str_radix(hex, 16).ok()?);
+        (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
+    };
+    let mut out = String::new();
+    let mut done = 0;
+    for (i, _) in path.match_indices('%') {
+        if let Some(c) = unreserved_at(i) {
+            out.push_str(&path[done..i]);
+            out.push(c);
+            done = i + 3;
+        }
+    }
+    if out.is_empty() {
+        return Cow::Borrowed(path);
+    }
+    out.push_str(&path[done..]);
+    Cow::Owned(out)
+}
+
+/// Whether `seg`, cut at its encoded slashes and backslashes (`%2f`, `%5c`), has a dot
+/// segment among the pieces: one that an upstream decoding them would resolve.
+fn hides_dot_segment(seg: &str) -> bool {
+    let dot = |s: &str| matches!(s, "." | "..");
+    let mut start = 0;
+    let mut cut = false;
+    for (i, _) in seg.match_indices('%') {
+        let slash = seg
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.eq_ignore_ascii_case("2f") || h.eq_ignore_ascii_case("5c"));
+        if slash {
+            if dot(&seg[start..i]) {
+                return true;
+            }
+            start = i + 3;
+            cut = true;
+        }
+    }
+    cut && dot(&seg[start..])
+}
+
 /// Why a path is refused.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadPath(pub &'static str);
@@ -396,55 +443,16 @@ pub struct BadPath(pub &'static str);
 /// upstream that decodes those before it routes would resolve it past the route. Paths that
 /// need none of this come back borrowed.
 pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, BadPath> {
-    let b = path.as_bytes();
+    let doubled = merge_slashes && path.contains("//");
     // Most paths: no escape, no dot segment (each starts after a `/`), no `//`.
-    let plain = !(b.contains(&b'%')
-        || path.contains("/.")
-        || path.starts_with('.')
-        || merge_slashes && path.contains("//"));
-    if plain {
+    if !(doubled || path.contains('%') || path.contains("/.") || path.starts_with('.')) {
         return Ok(Cow::Borrowed(path));
     }
-    let hex = |i: usize| -> Option<u8> {
-        let d = |c: u8| (c as char).to_digit(16);
-        Some((d(*b.get(i + 1)?)? * 16 + d(*b.get(i + 2)?)?) as u8)
-    };
-    let unreserved = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
-    let escaped = (0..b.len()).any(|i| b[i] == b'%' && hex(i).is_some_and(unreserved));
-    let doubled = merge_slashes && path.contains("//");
-    let decoded: Cow<'_, str> = if escaped {
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match hex(i).filter(|&c| b[i] == b'%' && unreserved(c)) {
-                Some(c) => {
-                    out.push(c);
-                    i += 3;
-                }
-                None => {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-        }
-        // Only ASCII was put in for ASCII escapes.
-        Cow::Owned(String::from_utf8(out).map_err(|_| BadPath("not UTF-8"))?)
-    } else {
-        Cow::Borrowed(path)
-    };
-    let dot = |seg: &str| matches!(seg, "." | "..");
-    let hidden = decoded.split('/').any(|seg| {
-        if !seg.contains('%') {
-            return false;
-        }
-        let opened = ["%2f", "%2F", "%5c", "%5C"]
-            .iter()
-            .fold(seg.to_owned(), |s, slash| s.replace(slash, "/"));
-        opened.len() < seg.len() && opened.split('/').any(dot)
-    });
-    if hidden {
+    let decoded = decode_unreserved(path);
+    if decoded.split('/').any(hides_dot_segment) {
         return Err(BadPath("a dot segment behind an encoded slash"));
     }
+    let dot = |seg: &str| matches!(seg, "." | "..");
     if !doubled && !decoded.split('/').any(dot) {
         return Ok(decoded);
     }
