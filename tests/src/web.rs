@@ -278,11 +278,18 @@ async fn echo(
     };
     let sleep = header("x-test-sleep-ms");
     let status = header("x-test-status").unwrap_or(200) as u16;
-    let headers: HashMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
+    // A field sent more than once shows as its values joined, so a test sees duplicates.
+    let mut headers: HashMap<String, String> = HashMap::new();
+    for (k, v) in req.headers() {
+        let v = v.to_str().unwrap_or_default();
+        headers
+            .entry(k.to_string())
+            .and_modify(|seen| {
+                seen.push_str(", ");
+                seen.push_str(v);
+            })
+            .or_insert_with(|| v.to_string());
+    }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());

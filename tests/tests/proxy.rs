@@ -86,6 +86,9 @@ upstream = "dead"
         &[
             ("x-request-id", "abc-123"),
             ("x-forwarded-for", "203.0.113.9"),
+            // The gateway's own values replace these, never join them.
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example"),
             ("connection", "x-secret"),
             ("x-secret", "hop"),
         ],

@@ -159,7 +159,7 @@ upstream = "plain"
         get(
             &format!("https://127.0.0.1:{tls_port}/secure/x"),
             "a.example.test",
-            &[],
+            &[("x-forwarded-proto", "http"), ("x-request-id", "tls-1")],
         ),
     )
     .await;
@@ -172,6 +172,13 @@ upstream = "plain"
     );
     assert_eq!(r.json["upstream"], "secure");
     assert_eq!(r.json["version"], "HTTP/2.0");
+    // hyper's client gets the forwarding fields too, in place of the client's.
+    let h = &r.json["headers"];
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    // The :authority names the host (RFC 9113 section 8.3.1), not the Host field.
+    assert_eq!(h["x-forwarded-host"], "127.0.0.1");
+    assert_eq!(h["x-request-id"], "tls-1");
     assert_eq!(secure.served(), 1);
 
     // That upstream stops in the middle of a body: cut off after the route's timeout (1 s),

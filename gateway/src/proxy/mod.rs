@@ -55,7 +55,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt as _, Empty, Full};
 use hyper::{
     body::{Body as _, Frame, Incoming, SizeHint},
@@ -89,8 +89,51 @@ use crate::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body on its way to an upstream.
 pub type ReqBody = BoxBody<Bytes, BoxError>;
-/// A response body on its way to the client.
-pub type Body = BoxBody<Bytes, BoxError>;
+/// A response body on its way to the client: whole in memory (most are, and then it needs no
+/// allocation of its own), or any other body, boxed.
+pub enum Body {
+    /// The whole body; `None` once sent, or when it is empty.
+    Full(Option<Bytes>),
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    fn boxed<B>(body: B) -> Body
+    where
+        B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Body::Boxed(BoxBody::new(body))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Boxed(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The request id header, kept when the client sends a valid one.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -214,7 +257,7 @@ impl Payload {
     fn into_body(self) -> ReqBody {
         match self {
             Payload::Empty => empty(),
-            Payload::Bytes(b) => full(b),
+            Payload::Bytes(b) => Full::new(b).map_err(|never| match never {}).boxed(),
             Payload::Stream(s) => s,
         }
     }
@@ -300,9 +343,21 @@ impl RequestIds {
                 out[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
             }
         }
-        // Owned by a reference-counted allocation: the clone for the upstream request is free.
-        HeaderValue::from_maybe_shared(Bytes::from_owner(out))
-            .expect("hex digits are a valid header value")
+        thread_local! {
+            /// Room for the thread's next ids: each is cut off the front, sharing one
+            /// reference-counted allocation, so an id costs no allocation of its own and its
+            /// clone for the upstream request is free.
+            static SLAB: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+        }
+        let bytes = SLAB.with(|slab| {
+            let mut slab = slab.borrow_mut();
+            if slab.capacity() < out.len() {
+                *slab = BytesMut::with_capacity(out.len() * 128);
+            }
+            slab.extend_from_slice(&out);
+            slab.split().freeze()
+        });
+        HeaderValue::from_maybe_shared(bytes).expect("hex digits are a valid header value")
     }
 }
 
@@ -402,7 +457,7 @@ impl Proxy {
     }
 
     /// Handles one request.
-    pub async fn handle(&self, req: Request<RequestBody>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, conn: ConnInfo) -> Response<Tracked> {
         let started = Instant::now();
         let id_value = match req.headers().get(REQUEST_ID) {
             Some(v) if valid_request_id(v) => v.clone(),
@@ -410,10 +465,14 @@ impl Proxy {
         };
         // Valid ids are ASCII, so this never falls back.
         let id = id_value.to_str().unwrap_or_default();
-        let host = request_host(&req);
-        let (path, bad_path) = match route::normalize_path(req.uri().path(), self.merge_slashes) {
-            Ok(p) => (p.into_owned(), None),
-            Err(e) => (req.uri().path().to_owned(), Some(e)),
+        // Lower case, as a header value too: X-Forwarded-Host and Forwarded share it.
+        let host_value = request_host(&req);
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+        // A clone shares the target's bytes, so the path can be borrowed past `into_parts`.
+        let uri = req.uri().clone();
+        let (path, bad_path) = match route::normalize_path(uri.path(), self.merge_slashes) {
+            Ok(p) => (p, None),
+            Err(e) => (std::borrow::Cow::Borrowed(uri.path()), Some(e)),
         };
         let client = validate::client_ip(conn.client.ip(), req.headers(), &self.trusted_proxies);
         let routes = if bad_path.is_some() {
@@ -423,13 +482,7 @@ impl Proxy {
         };
         let found = routes.iter().find_map(|r| {
             r.matcher
-                .matches(
-                    host.as_deref(),
-                    &path,
-                    req.method(),
-                    req.headers(),
-                    &r.rewrite,
-                )
+                .matches(host, &path, req.method(), req.headers(), &r.rewrite)
                 .map(|forward| (r, forward))
         });
         let audit = self.audit.enabled().then(|| {
@@ -438,8 +491,8 @@ impl Proxy {
                 id: id.to_string(),
                 client,
                 method: req.method().clone(),
-                host: host.clone(),
-                path: path.clone(),
+                host: host.map(str::to_owned),
+                path: path.clone().into_owned(),
                 route: found.as_ref().map(|(r, _)| r.name.clone()),
                 upstream: None,
                 target: None,
@@ -527,7 +580,8 @@ impl Proxy {
                         version: *version,
                         conn: &conn,
                         client_ip: client,
-                        host: host.as_deref(),
+                        // Moved, not cloned: a clone would allocate (see `request_host`).
+                        host: host_value,
                         path: &forward_path,
                         timeout: route.timeout,
                         idempotent: matches!(
@@ -565,18 +619,14 @@ impl Proxy {
         mut response: Response<Body>,
         id: HeaderValue,
         mut done: Done,
-    ) -> Response<Body> {
+    ) -> Response<Tracked> {
         response.headers_mut().insert(REQUEST_ID, id);
         done.status = response.status().as_u16();
-        let (parts, body) = response.into_parts();
-        Response::from_parts(
-            parts,
-            Tracked {
-                inner: body,
-                done: Some(done),
-            }
-            .boxed(),
-        )
+        // Not boxed again: the response's body is already a box.
+        response.map(|inner| Tracked {
+            inner,
+            done: Some(done),
+        })
     }
 
     /// Runs the route's security phases (see the module documentation for the order).
@@ -692,7 +742,7 @@ impl Proxy {
         &self,
         mut parts: Parts,
         body: Payload,
-        f: Forward<'_>,
+        mut f: Forward<'_>,
         done: &mut Done,
     ) -> Response<Body> {
         let max_body = self.limits.max_body_bytes;
@@ -719,17 +769,21 @@ impl Proxy {
                 parts.headers.insert(header::HOST, v);
             }
         }
-        add_forwarding(&mut parts.headers, f.conn, f.host, f.id_value);
+        let forwarding = Forwarding::new(&parts.headers, f.conn, f.host.take(), f.id_value);
         let client_ip = f.client_ip;
         let deadline = tokio::time::Instant::now() + f.timeout;
         let pool = f.pool;
         pool.deposit();
-        let mut tried: Vec<usize> = Vec::new();
+        // Inline: most requests are answered by the first target they try.
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         // A failed attempt that may be retried: its answer, given to the client when no retry
         // happens after all.
         let mut failed: Option<Response<Body>> = None;
         loop {
-            let picked = pool.pick(client_ip, &parts.headers, &tried);
+            let key = pool
+                .hash_header()
+                .and_then(|name| forwarding.get(name).or_else(|| parts.headers.get(name)));
+            let picked = pool.pick(client_ip, key, &tried);
             let i = match (picked, failed.take()) {
                 (Some(i), None) => i,
                 (Some(i), Some(previous)) => {
@@ -761,14 +815,18 @@ impl Proxy {
                 // Kept for a retry.
                 body = Some(Payload::Bytes(b.clone()));
             }
+            // The fast path keeps to the deadline with its connection's own timer (no timer
+            // work per request); hyper's path gets one.
             let attempt = async {
                 match (f.fast, payload) {
                     (Some(fast), Payload::Empty) => {
                         let body = Bytes::new();
-                        fast_send(fast, target.addr, &parts, &path_and_query, body, &f).await
+                        let out = (&parts, &*path_and_query, &forwarding);
+                        fast_send(fast, target.addr, out, body, deadline, &f).await
                     }
                     (Some(fast), Payload::Bytes(b)) => {
-                        fast_send(fast, target.addr, &parts, &path_and_query, b, &f).await
+                        let out = (&parts, &*path_and_query, &forwarding);
+                        fast_send(fast, target.addr, out, b, deadline, &f).await
                     }
                     (_, payload) => {
                         let uri = Uri::try_from([target.origin.as_str(), &path_and_query].concat())
@@ -778,15 +836,22 @@ impl Proxy {
                         *request.uri_mut() = uri;
                         *request.version_mut() = f.version;
                         *request.headers_mut() = parts.headers.clone();
-                        match f.client.request(request).await {
-                            Ok(r) => {
-                                Ok(r.map(|b| {
-                                    Idle::new(b.map_err(BoxError::from), f.timeout).boxed()
-                                }))
+                        forwarding.apply(request.headers_mut());
+                        // Boxed: hyper's client future is large, and would make every
+                        // forward (boxed in `handle`) as large, fast path or not.
+                        let sent = Box::pin(f.client.request(request));
+                        match tokio::time::timeout_at(deadline, sent).await {
+                            Err(_) => Err(Failure::Timeout),
+                            Ok(Ok(r)) => Ok(r.map(|b| {
+                                Body::boxed(Idle::new(b.map_err(BoxError::from), f.timeout))
+                            })),
+                            Ok(Err(e)) if has_source::<BodyTooLarge>(&e) => {
+                                Err(Failure::BodyTooLarge)
                             }
-                            Err(e) if has_source::<BodyTooLarge>(&e) => Err(Failure::BodyTooLarge),
-                            Err(e) if has_source::<ClientBodyError>(&e) => Err(Failure::ClientBody),
-                            Err(e) => Err(Failure::Upstream {
+                            Ok(Err(e)) if has_source::<ClientBodyError>(&e) => {
+                                Err(Failure::ClientBody)
+                            }
+                            Ok(Err(e)) => Err(Failure::Upstream {
                                 connect: e.is_connect(),
                                 message: error_chain(&e),
                             }),
@@ -794,8 +859,8 @@ impl Proxy {
                     }
                 }
             };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(response)) => {
+            match attempt.await {
+                Ok(response) => {
                     let status = response.status();
                     let bad = matches!(status.as_u16(), 502..=504);
                     pool.report(
@@ -816,10 +881,10 @@ impl Proxy {
                     }
                     return response;
                 }
-                Ok(Err(Failure::Request(message))) => {
+                Err(Failure::Request(message)) => {
                     return error(StatusCode::BAD_REQUEST, "bad_request", &message, f.id, done)
                 }
-                Ok(Err(Failure::BodyTooLarge)) => {
+                Err(Failure::BodyTooLarge) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "body_too_large",
@@ -828,12 +893,12 @@ impl Proxy {
                         done,
                     );
                 }
-                Ok(Err(Failure::ClientBody)) => {
+                Err(Failure::ClientBody) => {
                     // The client's body broke (bad chunking, cut off): its fault, not the
                     // target's; and the connection cannot be trusted any more.
                     return reject(&done.route_name(), bad_body(), f.id, f.client_ip, done);
                 }
-                Ok(Err(Failure::Upstream { connect, message })) => {
+                Err(Failure::Upstream { connect, message }) => {
                     pool.report(i, Outcome::Failure);
                     let message = format!(
                         "upstream {} target {}: {}",
@@ -848,7 +913,7 @@ impl Proxy {
                     }
                     return response;
                 }
-                Err(_) => {
+                Err(Failure::Timeout) => {
                     pool.report(i, Outcome::Failure);
                     let message = format!(
                         "upstream {} target {} did not answer within {:?}",
@@ -901,30 +966,38 @@ enum Failure {
         connect: bool,
         message: String,
     },
+    /// No response head before the route's deadline.
+    Timeout,
 }
 
 /// One attempt through the fast path's client.
 async fn fast_send(
     client: &h1::client::Client,
     addr: std::net::SocketAddr,
-    parts: &Parts,
-    path_and_query: &str,
+    (parts, path_and_query, forwarding): (&Parts, &str, &Forwarding),
     body: Bytes,
+    deadline: tokio::time::Instant,
     f: &Forward<'_>,
 ) -> Result<Response<Body>, Failure> {
     let outgoing = h1::client::Outgoing {
         method: &parts.method,
         path_and_query,
         headers: &parts.headers,
+        set: &forwarding.fields,
+        host: forwarding.host.as_ref(),
         body,
+        deadline,
         body_timeout: f.timeout,
     };
     client
         .send(addr, outgoing, f.idempotent)
         .await
-        .map_err(|e| Failure::Upstream {
-            connect: e.is_connect(),
-            message: error_chain(&e),
+        .map_err(|e| match e {
+            h1::client::SendError::Timeout => Failure::Timeout,
+            e => Failure::Upstream {
+                connect: e.is_connect(),
+                message: error_chain(&e),
+            },
         })
 }
 
@@ -937,7 +1010,8 @@ struct Forward<'a> {
     conn: &'a ConnInfo,
     /// The client, trusted proxies seen through.
     client_ip: std::net::IpAddr,
-    host: Option<&'a str>,
+    /// The host the client asked for, lower case and without a port.
+    host: Option<HeaderValue>,
     path: &'a str,
     timeout: Duration,
     /// A resend cannot do harm (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
@@ -1089,7 +1163,7 @@ impl Drop for Done {
 }
 
 /// The response body, counted; the request is accounted for when it ends or is dropped.
-struct Tracked {
+pub struct Tracked {
     inner: Body,
     done: Option<Done>,
 }
@@ -1246,18 +1320,24 @@ impl hyper::body::Body for Limited {
 
 /// The request's host, lower case and without a port: the URI's authority (HTTP/2, absolute
 /// form) or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let lower = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    // An exact-size `String` becomes `Bytes` without another allocation (its first clone
+    // would make one). Hosts are visible ASCII (the authority parser and `plain_host` see to
+    // it), so the value is always valid.
+    let lower = |h: &str| {
+        HeaderValue::from_maybe_shared(Bytes::from(h.trim_end_matches('.').to_ascii_lowercase()))
+            .ok()
+    };
     match req.uri().authority() {
-        Some(a) => Some(lower(a.host())),
+        Some(a) => lower(a.host()),
         None => {
             let h = req.headers().get(header::HOST)?.as_bytes();
             if let Some(host) = plain_host(h) {
-                return Some(lower(host));
+                return lower(host);
             }
             let h = std::str::from_utf8(h).ok()?;
             let authority: hyper::http::uri::Authority = h.parse().ok()?;
-            Some(lower(authority.host()))
+            lower(authority.host())
         }
     }
 }
@@ -1312,37 +1392,75 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets X-Forwarded-For (appended), -Proto and -Host, Forwarded (appended), the Host the
-/// client asked for, and the request id.
-fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>, id: &HeaderValue) {
-    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) => joined(prior, &[conn.ip.as_bytes()]),
-        None => Some(conn.ip.clone()),
-    };
-    let prior = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
-    let forwarded = match (prior, host) {
-        (None, None) => Some(conn.forwarded.clone()),
-        (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
-        (prior, Some(h)) => joined(
-            prior.unwrap_or_default(),
-            &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
-        ),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if let Some(v) = forwarded {
-        headers.insert(header::FORWARDED, v);
-    }
-    let proto = if conn.tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(REQUEST_ID, id.clone());
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        // Keep the original Host for the upstream (the client's, not the target's address).
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, h.clone());
+/// The fields the gateway sets on a forwarded request, in place of any the client sent under
+/// the same names: X-Forwarded-For and Forwarded (the client's values appended to),
+/// X-Forwarded-Proto and -Host, and the request id. The fast path writes them as it encodes
+/// the request, skipping the client's; hyper's path gets them put in the header map.
+struct Forwarding {
+    fields: smallvec::SmallVec<[(HeaderName, HeaderValue); 5]>,
+    /// The Host for a request that came without one (HTTP/2 with `:authority` only): the
+    /// client's, not the target's address.
+    host: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    fn new(
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        host: Option<HeaderValue>,
+        id: &HeaderValue,
+    ) -> Forwarding {
+        let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+            Some(prior) => joined(prior, &[conn.ip.as_bytes()]),
+            None => Some(conn.ip.clone()),
+        };
+        let prior = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
+        let forwarded = match (prior, host.as_ref()) {
+            (None, None) => Some(conn.forwarded.clone()),
+            (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
+            (prior, Some(h)) => joined(
+                prior.unwrap_or_default(),
+                &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
+            ),
+        };
+        let mut fields = smallvec::SmallVec::new();
+        if let Some(v) = xff {
+            fields.push((X_FORWARDED_FOR, v));
         }
-        headers.insert(X_FORWARDED_HOST, h);
+        if let Some(v) = forwarded {
+            fields.push((header::FORWARDED, v));
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        fields.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
+        fields.push((REQUEST_ID, id.clone()));
+        // Cloned only when needed: the first clone of the host's bytes allocates.
+        let missing = (!headers.contains_key(header::HOST))
+            .then(|| host.clone())
+            .flatten();
+        if let Some(h) = host {
+            fields.push((X_FORWARDED_HOST, h));
+        }
+        Forwarding {
+            fields,
+            host: missing,
+        }
+    }
+
+    /// The value set under `name`, if any.
+    fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Puts the fields in `headers`, replacing the client's.
+    fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.fields {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(h) = &self.host {
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, h.clone());
+            }
+        }
     }
 }
 
@@ -1363,7 +1481,7 @@ fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
 }
 
 fn full(body: Bytes) -> Body {
-    Full::new(body).map_err(|never| match never {}).boxed()
+    Body::Full((!body.is_empty()).then_some(body))
 }
 
 fn empty() -> ReqBody {

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
-use hyper::{header, HeaderMap, Request};
+use hyper::{header, header::HeaderValue, Request};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -180,9 +180,20 @@ impl Pool {
         until == 0 || until <= *now.get_or_insert_with(|| self.now_ms())
     }
 
+    /// The header whose value picks the target, when the pool balances on one.
+    pub fn hash_header(&self) -> Option<&header::HeaderName> {
+        self.hash_header.as_ref()
+    }
+
     /// Chooses a target that is healthy, not ejected, below its request limit and not in
-    /// `tried`; None when there is none.
-    pub fn pick(&self, client: IpAddr, headers: &HeaderMap, tried: &[usize]) -> Option<usize> {
+    /// `tried`; None when there is none. `key` is the value of the request's
+    /// [`hash_header`](Pool::hash_header), if it has one.
+    pub fn pick(
+        &self,
+        client: IpAddr,
+        key: Option<&HeaderValue>,
+        tried: &[usize],
+    ) -> Option<usize> {
         let mut now = None;
         let mut ok = |i: usize| !tried.contains(&i) && self.available(i, &mut now);
         match self.balance {
@@ -214,7 +225,7 @@ impl Pool {
             }
             Balance::Hash => {
                 let mut h = std::hash::DefaultHasher::new();
-                match self.hash_header.as_ref().and_then(|name| headers.get(name)) {
+                match key {
                     Some(v) => v.as_bytes().hash(&mut h),
                     None => client.to_canonical().hash(&mut h),
                 }

@@ -18,7 +18,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt as _;
 use hyper::{
     body::{Frame, SizeHint},
     header::{self, HeaderMap, HeaderName, HeaderValue},
@@ -39,6 +38,8 @@ const MAX_HEADERS: usize = 128;
 const READ_SIZE: usize = 16 * 1024;
 /// Bodies up to this size are copied behind the head, to go out in one write.
 const COALESCE: usize = 16 * 1024;
+/// The largest request buffer a connection keeps for its next request.
+const MAX_OUT: usize = 64 * 1024;
 
 /// A way to the targets of one pool over plain HTTP/1.1.
 #[derive(Debug)]
@@ -53,7 +54,13 @@ pub struct Outgoing<'a> {
     pub path_and_query: &'a str,
     /// Already without hop-by-hop headers; `Content-Length` is set here from `body`.
     pub headers: &'a HeaderMap,
+    /// Fields that replace any of `headers` under the same names.
+    pub set: &'a [(HeaderName, HeaderValue)],
+    /// The Host when `headers` has none (else the target's address is).
+    pub host: Option<&'a HeaderValue>,
     pub body: Bytes,
+    /// When the response head must have arrived, connecting and sending included.
+    pub deadline: tokio::time::Instant,
     /// The longest rest between two reads of the response body (see `proxy::Idle`).
     pub body_timeout: Duration,
 }
@@ -71,6 +78,8 @@ pub enum SendError {
     Closed,
     #[error("bad response: {0}")]
     Protocol(&'static str),
+    #[error("no response before the deadline")]
+    Timeout,
 }
 
 impl SendError {
@@ -85,6 +94,12 @@ struct Conn {
     stream: TcpStream,
     /// Bytes read and not used yet.
     buf: BytesMut,
+    /// The request being sent, encoded; kept for the next one.
+    out: Vec<u8>,
+    /// Room for [`parse_head`].
+    spans: Vec<Span>,
+    /// The connection's one timer for deadlines (see [`Conn::until`]); made at the first wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     addr: SocketAddr,
     max_idle: usize,
     /// Connections belong to the runtime of the thread that opened them.
@@ -95,7 +110,9 @@ struct Conn {
 thread_local! {
     static THREAD: ThreadId = std::thread::current().id();
     /// Idle connections of this worker thread, by target; the last one in is used first.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>>> = RefCell::new(HashMap::new());
+    /// The targets come from the configuration, so a fast hash with a fixed seed will do.
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Conn>, foldhash::fast::FixedState>> =
+        RefCell::new(HashMap::with_hasher(foldhash::fast::FixedState::default()));
 }
 
 impl Conn {
@@ -127,6 +144,25 @@ impl Conn {
             }
             None
         })
+    }
+
+    /// Resolves at `deadline`, not before. The timer is moved only when it would fire too late
+    /// (or has fired): one set for a request's deadline fires before the next request's, which
+    /// then re-arms it. So on a busy connection a request costs no timer work of its own.
+    async fn until(
+        timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        deadline: tokio::time::Instant,
+    ) {
+        loop {
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if t.deadline() > deadline || t.is_elapsed() {
+                t.as_mut().reset(deadline);
+            }
+            t.as_mut().await;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 
     /// An idle connection must have nothing to read: readable means closed (or junk).
@@ -168,15 +204,22 @@ impl Client {
         req: Outgoing<'_>,
         idempotent: bool,
     ) -> Result<Response<Body>, SendError> {
-        let head = encode(&req, addr);
         let head_only = req.method == Method::HEAD;
         let mut fresh_only = false;
         loop {
-            let (conn, reused) = match (!fresh_only).then(|| Conn::checkout(addr)).flatten() {
+            let (mut conn, reused) = match (!fresh_only).then(|| Conn::checkout(addr)).flatten() {
                 Some(c) => (c, true),
-                None => (self.connect(addr).await?, false),
+                None => {
+                    let connect = tokio::time::timeout_at(req.deadline, self.connect(addr));
+                    (connect.await.map_err(|_| SendError::Timeout)??, false)
+                }
             };
-            match exchange(conn, &head, &req, head_only).await {
+            if conn.out.capacity() > MAX_OUT {
+                conn.out = Vec::new();
+            }
+            conn.out.clear();
+            encode(&mut conn.out, &req, addr);
+            match exchange(conn, &req, head_only).await {
                 Ok(response) => return Ok(response),
                 Err((e, answered)) => {
                     if reused && !answered && idempotent {
@@ -198,6 +241,9 @@ impl Client {
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(READ_SIZE),
+            out: Vec::new(),
+            spans: Vec::new(),
+            timer: None,
             addr,
             max_idle: self.max_idle,
             thread: THREAD.with(|t| *t),
@@ -206,13 +252,12 @@ impl Client {
     }
 }
 
-/// The request head, and the body when it is small.
-fn encode(req: &Outgoing<'_>, addr: SocketAddr) -> Vec<u8> {
+/// Writes the request head to `out`, and the body when it is small.
+fn encode(out: &mut Vec<u8>, req: &Outgoing<'_>, addr: SocketAddr) {
     let small = req.body.len() <= COALESCE;
-    let mut out =
-        Vec::with_capacity(256 + req.headers.len() * 64 + if small { req.body.len() } else { 0 });
+    out.reserve(256 + req.headers.len() * 64 + if small { req.body.len() } else { 0 });
     put(
-        &mut out,
+        out,
         &[
             req.method.as_str().as_bytes(),
             b" ",
@@ -226,20 +271,32 @@ fn encode(req: &Outgoing<'_>, addr: SocketAddr) -> Vec<u8> {
             had_length = true;
             continue;
         }
+        if req.set.iter().any(|(n, _)| n == name) {
+            continue;
+        }
         put(
-            &mut out,
+            out,
+            &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
+        );
+    }
+    for (name, value) in req.set {
+        put(
+            out,
             &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
         );
     }
     if !req.headers.contains_key(header::HOST) {
-        put(&mut out, &[b"host: ", addr.to_string().as_bytes(), b"\r\n"]);
+        match req.host {
+            Some(h) => put(out, &[b"host: ", h.as_bytes(), b"\r\n"]),
+            None => put(out, &[b"host: ", addr.to_string().as_bytes(), b"\r\n"]),
+        }
     }
     let needs_length = had_length
         || !req.body.is_empty()
         || matches!(*req.method, Method::POST | Method::PUT | Method::PATCH);
     if needs_length {
         put(
-            &mut out,
+            out,
             &[
                 b"content-length: ",
                 itoa::Buffer::new().format(req.body.len()).as_bytes(),
@@ -251,29 +308,32 @@ fn encode(req: &Outgoing<'_>, addr: SocketAddr) -> Vec<u8> {
     if small {
         out.extend_from_slice(&req.body);
     }
-    out
 }
 
-/// One request and response head on `conn`. On failure, also says whether any of the response
+/// One request (encoded in `conn.out`) and response head on `conn`. On failure, also says whether any of the response
 /// had arrived.
 async fn exchange(
     mut conn: Conn,
-    head: &[u8],
     req: &Outgoing<'_>,
     head_only: bool,
 ) -> Result<Response<Body>, (SendError, bool)> {
     let body = &req.body;
     let written = async {
-        conn.stream.write_all(head).await?;
+        conn.stream.write_all(&conn.out).await?;
         if body.len() > COALESCE {
             conn.stream.write_all(body).await?;
         }
         io::Result::Ok(())
     };
-    written.await.map_err(|e| (SendError::Io(e), false))?;
+    // A timeout counts as answered: the request may have been taken, and is not sent again.
+    tokio::select! {
+        biased;
+        written = written => written.map_err(|e| (SendError::Io(e), false))?,
+        () = Conn::until(&mut conn.timer, req.deadline) => return Err((SendError::Timeout, true)),
+    }
     let mut answered = false;
     loop {
-        if let Some(parsed) = parse_head(&mut conn.buf).map_err(|e| (e, true))? {
+        if let Some(parsed) = parse_head(&mut conn.buf, &mut conn.spans).map_err(|e| (e, true))? {
             let (status, version, headers) = parsed;
             if status.is_informational() {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -287,9 +347,15 @@ async fn exchange(
         if conn.buf.len() > MAX_HEAD {
             return Err((SendError::Protocol("response head too large"), true));
         }
-        let n = read_buf(&mut conn.stream, &mut conn.buf, READ_SIZE)
-            .await
-            .map_err(|e| (SendError::Io(e), answered))?;
+        let n = tokio::select! {
+            biased;
+            read = read_buf(&mut conn.stream, &mut conn.buf, READ_SIZE) => {
+                read.map_err(|e| (SendError::Io(e), answered))?
+            }
+            () = Conn::until(&mut conn.timer, req.deadline) => {
+                return Err((SendError::Timeout, true));
+            }
+        };
         if n == 0 {
             return Err(if answered {
                 (SendError::Protocol("response head cut off"), true)
@@ -303,12 +369,17 @@ async fn exchange(
 
 type Head = (StatusCode, Version, HeaderMap);
 
-/// Parses a response head off the front of `buf`, when it is all there.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
+/// Where a header's name and value are in a head: offset and length of each.
+type Span = (usize, usize, usize, usize);
+
+/// Parses a response head off the front of `buf`, when it is all there; `spans` is room for
+/// the parser's findings, kept by the connection (not an array on the stack, which would be
+/// zeroed and moved for every response).
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, SendError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let (len, code, v1, spans) = {
+    let (len, code, v1) = {
         let mut headers =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
@@ -325,22 +396,17 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
             Err(_) => return Err(SendError::Protocol("malformed response head")),
         };
         let base = buf.as_ptr() as usize;
-        // On the stack: the spans outlive the borrow of `buf` that the parser holds.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *span = (
+        // The spans outlive the borrow of `buf` that the parser holds.
+        spans.clear();
+        spans.extend(parsed.headers.iter().map(|h| {
+            (
                 h.name.as_ptr() as usize - base,
                 h.name.len(),
                 h.value.as_ptr() as usize - base,
                 h.value.len(),
-            );
-        }
-        (
-            len,
-            parsed.code.unwrap_or(0),
-            parsed.version == Some(1),
-            (spans, parsed.headers.len()),
-        )
+            )
+        }));
+        (len, parsed.code.unwrap_or(0), parsed.version == Some(1))
     };
     let status = StatusCode::from_u16(code).map_err(|_| SendError::Protocol("bad status code"))?;
     let version = if v1 {
@@ -350,9 +416,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, SendError> {
     };
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (security headers, X-Request-Id).
-    let (spans, count) = spans;
-    let mut map = HeaderMap::with_capacity(count + 8);
-    for &(name, name_len, value, value_len) in &spans[..count] {
+    let mut map = HeaderMap::with_capacity(spans.len() + 8);
+    for &(name, name_len, value, value_len) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
@@ -452,7 +517,7 @@ fn streaming(conn: Conn, mode: Mode, keep: bool, after: Duration) -> Body {
         mode,
         keep,
     };
-    super::super::Idle::new(body, after).boxed()
+    Body::boxed(super::super::Idle::new(body, after))
 }
 
 enum Mode {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::{
-    body::Body as _,
+    body::Body,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use super::{date, has_token, put, read_buf};
 use crate::proxy::{
     server::{ConnInfo, Shared},
-    Body, RequestBody,
+    RequestBody,
 };
 
 /// The largest request body the fast path reads before handling the request (as nginx
@@ -46,7 +46,6 @@ pub enum Exit<S> {
 struct Head {
     method: Method,
     path: (usize, usize),
-    fields: Vec<(HeaderName, (usize, usize))>,
     /// Bytes of the head, then of the body.
     head_len: usize,
     body_len: usize,
@@ -67,6 +66,8 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    // The header fields of the request being read, reused from request to request.
+    let mut fields: Fields = Vec::with_capacity(16);
     // One timer for the connection's life, re-armed lazily: it may fire before the deadline
     // that counts (`Instant` below), never after it, and is moved only when it would be late.
     // So a keep-alive connection costs no timer work per request.
@@ -96,16 +97,19 @@ where
         let mut idle_since: Option<tokio::time::Instant> = None;
         let head = loop {
             if !buf.is_empty() {
-                deadline.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + limits.header_read_timeout
-                });
-                match parse(&buf, limits.max_headers as usize) {
+                match parse(&buf, limits.max_headers as usize, &mut fields) {
                     Parsed::Complete(head) => break head,
                     Parsed::Unfit => return Exit::HandOver(io, buf.freeze()),
                     Parsed::Partial if buf.len() >= limits.max_header_bytes as usize => {
                         return Exit::HandOver(io, buf.freeze())
                     }
-                    Parsed::Partial => {}
+                    // The header timeout runs from the first bytes of the head, which have
+                    // just arrived: a head that comes whole never needs the clock.
+                    Parsed::Partial => {
+                        deadline.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + limits.header_read_timeout
+                        });
+                    }
                 }
             }
             let idle = buf.is_empty();
@@ -137,9 +141,12 @@ where
                 () = &mut closing, if idle && !closed => closed = true,
             }
         };
-        if head.body_len > 0 {
-            let total = head.head_len + head.body_len;
-            let deadline = deadline.unwrap_or_else(tokio::time::Instant::now);
+        let total = head.head_len + head.body_len;
+        if buf.len() < total {
+            // The body may take the rest of the header timeout, or all of it when the head
+            // came whole.
+            let deadline = deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + limits.header_read_timeout);
             if armed > deadline || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
                 armed = deadline;
@@ -167,7 +174,7 @@ where
         let body = buf.split_to(head.body_len).freeze();
         let head_request = head.method == Method::HEAD;
         let close_asked = head.close;
-        let Some(request) = head.request(&head_bytes) else {
+        let Some(request) = head.request(&head_bytes, &mut fields) else {
             // Values httparse took and `http` does not: hyper answers, from this request on.
             let mut rest = BytesMut::with_capacity(head_bytes.len() + body.len() + buf.len());
             rest.extend_from_slice(&head_bytes);
@@ -192,8 +199,11 @@ where
     }
 }
 
-/// Parses a request head off the front of `buf`.
-fn parse(buf: &[u8], max_headers: usize) -> Parsed {
+/// Header names and the spans of their values in the head.
+type Fields = Vec<(HeaderName, (usize, usize))>;
+
+/// Parses a request head off the front of `buf`; its header fields go to `fields`.
+fn parse(buf: &[u8], max_headers: usize, fields: &mut Fields) -> Parsed {
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS];
     let slots = &mut slots[..max_headers.clamp(1, HEADERS)];
     let mut req = httparse::Request::new(&mut []);
@@ -226,7 +236,7 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let path = span(path.as_bytes());
-    let mut fields: Vec<(HeaderName, (usize, usize))> = Vec::with_capacity(req.headers.len());
+    fields.clear();
     let mut body_len: Option<usize> = None;
     let mut close = false;
     let mut seen_host = false;
@@ -276,7 +286,6 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
     Parsed::Complete(Head {
         method,
         path,
-        fields,
         head_len: len,
         body_len: body_len.unwrap_or(0),
         close,
@@ -284,13 +293,14 @@ fn parse(buf: &[u8], max_headers: usize) -> Parsed {
 }
 
 impl Head {
-    /// The request, its target and header values sharing `head` (the bytes parsed).
-    fn request(self, head: &Bytes) -> Option<Request<()>> {
+    /// The request, its target and header values sharing `head` (the bytes parsed), with the
+    /// header fields [`parse`] left in `fields`.
+    fn request(self, head: &Bytes, fields: &mut Fields) -> Option<Request<()>> {
         let (at, len) = self.path;
         let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
         // Room for what the proxy adds (X-Forwarded-*, Forwarded, X-Request-Id).
-        let mut headers = HeaderMap::with_capacity(self.fields.len() + 6);
-        for (name, (at, len)) in self.fields {
+        let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+        for (name, (at, len)) in fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
             headers.append(name, value);
         }
@@ -304,15 +314,17 @@ impl Head {
 }
 
 /// Writes `response`; says whether the connection may carry another request.
-async fn write_response<S>(
+async fn write_response<S, B>(
     io: &mut S,
     out: &mut Vec<u8>,
-    response: Response<Body>,
+    response: Response<B>,
     head_request: bool,
     close: bool,
 ) -> std::io::Result<bool>
 where
     S: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
