@@ -173,6 +173,11 @@ upstream = "up"
             "bare_lf",
         ),
         (
+            "bare LF in a later field",
+            "GET /api HTTP/1.1\r\nHost: x\r\nX-A: 1\nX-B: 2\r\n\r\n",
+            "bare_lf",
+        ),
+        (
             "bad request line",
             "GET /api HTTP/1.1 extra\r\nHost: x\r\n\r\n",
             "bad_head",

@@ -1410,11 +1410,22 @@ impl Forwarding {
         host: Option<HeaderValue>,
         id: &HeaderValue,
     ) -> Forwarding {
-        let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        // One look at each field, cheaper than three lookups in the map for the few fields
+        // requests have.
+        let (mut prior_xff, mut prior, mut has_host) = (None, None, false);
+        for (name, value) in headers {
+            if name == header::HOST {
+                has_host = true;
+            } else if name == header::FORWARDED {
+                prior.get_or_insert(value.as_bytes());
+            } else if name == X_FORWARDED_FOR {
+                prior_xff.get_or_insert(value.as_bytes());
+            }
+        }
+        let xff = match prior_xff {
             Some(prior) => joined(prior, &[conn.ip.as_bytes()]),
             None => Some(conn.ip.clone()),
         };
-        let prior = headers.get(header::FORWARDED).map(HeaderValue::as_bytes);
         let forwarded = match (prior, host.as_ref()) {
             (None, None) => Some(conn.forwarded.clone()),
             (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
@@ -1434,9 +1445,7 @@ impl Forwarding {
         fields.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
         fields.push((REQUEST_ID, id.clone()));
         // Cloned only when needed: the first clone of the host's bytes allocates.
-        let missing = (!headers.contains_key(header::HOST))
-            .then(|| host.clone())
-            .flatten();
+        let missing = (!has_host).then(|| host.clone()).flatten();
         if let Some(h) = host {
             fields.push((X_FORWARDED_HOST, h));
         }

@@ -310,8 +310,8 @@ fn encode(out: &mut Vec<u8>, req: &Outgoing<'_>, addr: SocketAddr) {
     }
 }
 
-/// One request (encoded in `conn.out`) and response head on `conn`. On failure, also says whether any of the response
-/// had arrived.
+/// One request (encoded in `conn.out`) and response head on `conn`. On failure, also says
+/// whether any of the response had arrived.
 async fn exchange(
     mut conn: Conn,
     req: &Outgoing<'_>,
@@ -334,15 +334,15 @@ async fn exchange(
     let mut answered = false;
     loop {
         if let Some(parsed) = parse_head(&mut conn.buf, &mut conn.spans).map_err(|e| (e, true))? {
-            let (status, version, headers) = parsed;
+            let (status, version, headers, framing) = parsed;
             if status.is_informational() {
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err((SendError::Protocol("101 without an upgrade"), true));
                 }
                 continue;
             }
-            return respond(conn, status, version, headers, head_only, req.body_timeout)
-                .map_err(|e| (e, true));
+            let head = (status, version, headers, framing);
+            return respond(conn, head, head_only, req.body_timeout).map_err(|e| (e, true));
         }
         if conn.buf.len() > MAX_HEAD {
             return Err((SendError::Protocol("response head too large"), true));
@@ -367,7 +367,44 @@ async fn exchange(
     }
 }
 
-type Head = (StatusCode, Version, HeaderMap);
+type Head = (StatusCode, Version, HeaderMap, Fields);
+
+/// What the framing fields of a response head say, gathered as the head is parsed.
+#[derive(Default)]
+struct Fields {
+    /// Connection: close.
+    close: bool,
+    /// The last Transfer-Encoding field.
+    transfer_encoding: Option<HeaderValue>,
+    /// Content-Length fields: whether any, the length they agree on, or what is wrong.
+    has_length: bool,
+    length: Option<u64>,
+    bad_length: Option<&'static str>,
+}
+
+impl Fields {
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::CONNECTION {
+            self.close |= has_token(value.as_bytes(), "close");
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = Some(value.clone());
+        } else if name == header::CONTENT_LENGTH {
+            self.has_length = true;
+            let v = value.as_bytes();
+            let n = std::str::from_utf8(v)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok());
+            match n {
+                None => self.bad_length = Some("bad content-length"),
+                Some(n) if self.length.is_some_and(|l| l != n) => {
+                    self.bad_length.get_or_insert("conflicting content-length");
+                }
+                Some(n) => self.length = Some(n),
+            }
+        }
+    }
+}
 
 /// Where a header's name and value are in a head: offset and length of each.
 type Span = (usize, usize, usize, usize);
@@ -417,44 +454,36 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (security headers, X-Request-Id).
     let mut map = HeaderMap::with_capacity(spans.len() + 8);
+    let mut fields = Fields::default();
     for &(name, name_len, value, value_len) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| SendError::Protocol("bad header value"))?;
+        fields.see(&name, &value);
         map.append(name, value);
     }
-    Ok(Some((status, version, map)))
+    Ok(Some((status, version, map, fields)))
 }
 
 /// The response, its body framed per RFC 9112 section 6.3.
 fn respond(
     mut conn: Conn,
-    status: StatusCode,
-    version: Version,
-    mut headers: HeaderMap,
+    (status, version, mut headers, fields): Head,
     head_only: bool,
     body_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
-    let mut keep = version == Version::HTTP_11
-        && !headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), "close"));
+    let mut keep = version == Version::HTTP_11 && !fields.close;
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::None
-        } else if let Some(te) = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-        {
+        } else if let Some(te) = &fields.transfer_encoding {
             let chunked = te
                 .as_bytes()
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if headers.contains_key(header::CONTENT_LENGTH) {
+            if fields.has_length {
                 // Both: Transfer-Encoding wins, and the connection is not to be trusted after.
                 headers.remove(header::CONTENT_LENGTH);
                 keep = false;
@@ -464,20 +493,10 @@ fn respond(
             } else {
                 Framing::Close
             }
+        } else if let Some(bad) = fields.bad_length {
+            return Err(SendError::Protocol(bad));
         } else {
-            let mut length = None;
-            for v in headers.get_all(header::CONTENT_LENGTH) {
-                let n = std::str::from_utf8(v.as_bytes())
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or(SendError::Protocol("bad content-length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(SendError::Protocol("conflicting content-length"));
-                }
-                length = Some(n);
-            }
-            match length {
+            match fields.length {
                 Some(n) => Framing::Length(n),
                 None => Framing::Close,
             }

@@ -217,11 +217,7 @@ fn parse(buf: &[u8], max_headers: usize, fields: &mut Fields) -> Parsed {
     }
     // httparse takes bare LFs; the framing guard refuses them.
     let head = &buf[..len];
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return Parsed::Unfit;
     }
     let (Some(method), Some(path)) = (req.method, req.path) else {
@@ -328,12 +324,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let mut close = close
-        || parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), "close"));
+    let mut close = close;
     let bodiless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -353,7 +344,12 @@ where
     );
     let mut has_date = false;
     for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+        if name == header::CONNECTION {
+            // The response's own `close` is kept; the field is written below, from `close`.
+            close |= has_token(value.as_bytes(), "close");
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             continue;
         }
         if name == header::CONTENT_LENGTH && !(bodiless && status != StatusCode::NO_CONTENT) {
