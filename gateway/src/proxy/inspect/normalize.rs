@@ -431,21 +431,42 @@ pub fn shell_view(text: &[u8]) -> Option<Vec<u8>> {
             && text[i - 1].is_ascii_alphabetic()
             && text.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
     };
+    // Expansions that are empty wherever they stand (`w$@hoami` is `whoami`): `$@`, `$*` and
+    // `$1`..`$9` (no arguments), `$()` and two backticks (a command that prints nothing).
+    let empty = |i: usize| match (text[i], text.get(i + 1), text.get(i + 2)) {
+        (b'$', Some(b'@' | b'*' | b'1'..=b'9'), _) | (b'`', Some(b'`'), _) => 2,
+        (b'$', Some(b'('), Some(b')')) => 3,
+        _ => 0,
+    };
     let (mut quoted, mut command) = (false, false);
     for (i, &b) in text.iter().enumerate() {
         match b {
             b'\'' | b'"' => quoted = true,
             b'/' if in_word(i) => quoted = true,
+            _ if empty(i) > 0 => {
+                quoted = true;
+                command |= b == b'`' || text.get(i + 1) == Some(&b'(');
+            }
             b';' | b'|' | b'&' | b'\n' | b'`' => command = true,
             b'$' if text.get(i + 1) == Some(&b'(') => command = true,
             _ => {}
         }
     }
     (quoted && command).then(|| {
-        (0..text.len())
-            .filter(|&i| !matches!(text[i], b'\'' | b'"') && !in_word(i))
-            .map(|i| text[i])
-            .collect()
+        let mut out = Vec::with_capacity(text.len());
+        let mut i = 0;
+        while i < text.len() {
+            match empty(i) {
+                0 => {
+                    if !matches!(text[i], b'\'' | b'"') && !in_word(i) {
+                        out.push(text[i]);
+                    }
+                    i += 1;
+                }
+                n => i += n,
+            }
+        }
+        out
     })
 }
 
