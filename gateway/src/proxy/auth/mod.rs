@@ -25,6 +25,7 @@ mod http;
 mod introspect;
 mod jwks;
 mod jwt;
+mod ring_rsa;
 
 use std::{
     collections::HashMap,

@@ -1,0 +1,205 @@
+//! RSA signatures (RS256/384/512, PS256/384/512) checked with ring instead of jsonwebtoken's
+//! RustCrypto backend.
+//!
+//! The RustCrypto `rsa` crate does its arithmetic with a general big-number library: a
+//! signature check takes about 250 us here, so every token the cache has not seen, and every
+//! forged one, cost that much CPU (a few thousand bad tokens a second were enough to fill a
+//! core). ring checks the same signature in a small fraction of that. Everything else (HMAC,
+//! ECDSA, EdDSA, signing, key utilities) stays with the RustCrypto provider.
+//!
+//! ring takes moduli of 2048 to 8192 bits and odd public exponents from 3 to 2^33 - 1; a key
+//! outside that (a legacy 1024-bit key, say) keeps the RustCrypto check, so no key that
+//! worked before stops working.
+
+use jsonwebtoken::{
+    crypto::{rust_crypto, CryptoProvider, JwtVerifier, KeyUtils},
+    errors::Result,
+    signature, Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind,
+};
+use ring::signature::{self as ring_sig, RsaParameters, RsaPublicKeyComponents};
+use rsa::pkcs1::der::Decode as _;
+
+/// The provider: ring for RSA signatures, RustCrypto for the rest.
+static PROVIDER: CryptoProvider = CryptoProvider {
+    signer_factory: rust_crypto::DEFAULT_PROVIDER.signer_factory,
+    verifier_factory: verifier,
+    key_utils: KeyUtils {
+        rsa_pub_components_from_private_key: rust_crypto::DEFAULT_PROVIDER
+            .key_utils
+            .rsa_pub_components_from_private_key,
+        rsa_pub_components_from_public_key: rust_crypto::DEFAULT_PROVIDER
+            .key_utils
+            .rsa_pub_components_from_public_key,
+        ec_pub_components_from_private_key: rust_crypto::DEFAULT_PROVIDER
+            .key_utils
+            .ec_pub_components_from_private_key,
+        ed_pub_components_from_private_key: rust_crypto::DEFAULT_PROVIDER
+            .key_utils
+            .ed_pub_components_from_private_key,
+        compute_digest: rust_crypto::DEFAULT_PROVIDER.key_utils.compute_digest,
+    },
+};
+
+/// Makes [`PROVIDER`] jsonwebtoken's, once per process (before the first token is checked).
+pub fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when a provider is already installed, which then stays.
+        let _ = PROVIDER.install_default();
+    });
+}
+
+fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+    let params: &'static RsaParameters = match alg {
+        Algorithm::RS256 => &ring_sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &ring_sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &ring_sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &ring_sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &ring_sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &ring_sig::RSA_PSS_2048_8192_SHA512,
+        _ => return (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
+    };
+    match components(key).filter(|(n, e)| ring_takes(n, e)) {
+        Some((n, e)) => Ok(Box::new(RingRsa {
+            alg: *alg,
+            params,
+            n,
+            e,
+        })),
+        // Not an RSA key (the RustCrypto factory refuses it as before), or one ring does not
+        // take.
+        None => (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
+    }
+}
+
+/// The modulus and exponent of an RSA key, big-endian without leading zeros.
+fn components(key: &DecodingKey) -> Option<(Vec<u8>, Vec<u8>)> {
+    if key.family() != AlgorithmFamily::Rsa {
+        return None;
+    }
+    let trim = |b: &[u8]| {
+        let zeros = b.iter().take_while(|&&x| x == 0).count();
+        b[zeros..].to_vec()
+    };
+    match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, e } => Some((trim(n), trim(e))),
+        // PKCS#1 RSAPublicKey, as jsonwebtoken keeps a PEM key.
+        DecodingKeyKind::SecretOrDer(der) => {
+            let k = rsa::pkcs1::RsaPublicKey::from_der(der).ok()?;
+            Some((
+                trim(k.modulus.as_bytes()),
+                trim(k.public_exponent.as_bytes()),
+            ))
+        }
+    }
+}
+
+/// Whether ring's limits take the key: 2048 to 8192 bits, an odd exponent of 3 to 2^33 - 1.
+fn ring_takes(n: &[u8], e: &[u8]) -> bool {
+    let bits = |b: &[u8]| {
+        b.first().map_or(0, |&top| {
+            (b.len() - 1) * 8 + (8 - top.leading_zeros() as usize)
+        })
+    };
+    let e_value = (e.len() <= 8).then(|| e.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)));
+    (2048..=8192).contains(&bits(n)) && e_value.is_some_and(|e| e >= 3 && e % 2 == 1 && e < 1 << 33)
+}
+
+struct RingRsa {
+    alg: Algorithm,
+    params: &'static RsaParameters,
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+impl signature::Verifier<Vec<u8>> for RingRsa {
+    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> std::result::Result<(), signature::Error> {
+        RsaPublicKeyComponents {
+            n: &self.n,
+            e: &self.e,
+        }
+        .verify(self.params, msg, sig)
+        .map_err(|_| signature::Error::new())
+    }
+}
+
+impl JwtVerifier for RingRsa {
+    fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{encode, EncodingKey, Header, Validation};
+    use rsa::pkcs1::{EncodeRsaPrivateKey as _, EncodeRsaPublicKey as _};
+    use rsa::traits::PublicKeyParts as _;
+
+    use super::*;
+
+    /// Tokens signed by RustCrypto check out with ring (PEM and JWK-style keys alike), a
+    /// tampered one does not, and a 1024-bit key, which ring refuses, still works.
+    #[test]
+    fn ring_checks_what_rust_crypto_signs() {
+        install();
+        let claims = serde_json::json!({"sub": "a", "exp": 4_000_000_000u64});
+        for bits in [2048, 1024] {
+            let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits).unwrap();
+            let pem = private.to_pkcs1_pem(Default::default()).unwrap();
+            let public = rsa::RsaPublicKey::from(&private);
+            let by_pem = DecodingKey::from_rsa_pem(
+                public.to_pkcs1_pem(Default::default()).unwrap().as_bytes(),
+            )
+            .unwrap();
+            let by_parts = DecodingKey::from_rsa_raw_components(
+                &public.n().to_bytes_be(),
+                &public.e().to_bytes_be(),
+            );
+            let signing = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+            for alg in [
+                Algorithm::RS256,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+            ] {
+                let token = encode(&Header::new(alg), &claims, &signing).unwrap();
+                let mut validation = Validation::new(alg);
+                validation.required_spec_claims.clear();
+                for key in [&by_pem, &by_parts] {
+                    let ok = jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation);
+                    assert!(ok.is_ok(), "{bits} bits {alg:?}: {ok:?}");
+                    let mut bad = token.clone().into_bytes();
+                    let at = bad.len() - 10;
+                    bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+                    let bad = String::from_utf8(bad).unwrap();
+                    let err = jsonwebtoken::decode::<serde_json::Value>(&bad, key, &validation)
+                        .unwrap_err();
+                    assert_eq!(
+                        *err.kind(),
+                        jsonwebtoken::errors::ErrorKind::InvalidSignature,
+                        "{bits} bits {alg:?}"
+                    );
+                }
+            }
+            let (n, e) = components(&by_pem).unwrap();
+            assert_eq!(ring_takes(&n, &e), bits == 2048);
+        }
+    }
+
+    #[test]
+    fn ring_limits() {
+        let n2048 = [&[0x80][..], &[0u8; 255][..]].concat();
+        let n1024 = [&[0xff][..], &[0u8; 127][..]].concat();
+        assert!(ring_takes(&n2048, &[1, 0, 1]));
+        assert!(
+            !ring_takes(&n1024, &[1, 0, 1]),
+            "1024-bit keys stay with RustCrypto"
+        );
+        assert!(!ring_takes(&n2048, &[1, 0, 0]), "even exponent");
+        assert!(!ring_takes(&n2048, &[1]), "exponent 1");
+        assert!(
+            !ring_takes(&n2048, &[2, 0, 0, 0, 1]),
+            "exponent of 2^33 + 1"
+        );
+    }
+}
