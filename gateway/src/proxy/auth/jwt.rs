@@ -170,7 +170,7 @@ impl JwtProvider {
         previous: Option<&JwtProvider>,
         spawner: &super::http::Spawner,
     ) -> Result<JwtProvider, String> {
-        super::ring_rsa::install();
+        super::ring_verify::install();
         let read =
             |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let mut material = None;

@@ -25,7 +25,7 @@ mod http;
 mod introspect;
 mod jwks;
 mod jwt;
-mod ring_rsa;
+mod ring_verify;
 
 use std::{
     collections::HashMap,
