@@ -458,7 +458,9 @@ impl Reloader {
         let proxy = Proxy::new(&config, self.audit.clone(), self.workers, Some(&previous))?;
         listeners.apply(&config).await?;
         self.audit.set_output(output)?;
-        self.shared.proxy.store(Arc::new(proxy));
+        let proxy = Arc::new(proxy);
+        self.shared.proxy.store(proxy.clone());
+        proxy.publish(Some(&previous));
         HUB.configure(&config, self.bans.clone());
         let mut notes = Vec::new();
         {
@@ -670,6 +672,7 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     HUB.configure(&config, ban_tx.clone());
     let workers = Arc::new(Workers::start(config.proxy.workers())?);
     let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len(), None)?);
+    shared.proxy.load().publish(None);
     let mut listeners = Listeners::new(shared.clone(), workers.clone());
     listeners.apply(&config).await?;
     let core = Arc::new(Mutex::new(core));

@@ -362,6 +362,21 @@ async fn reload_under_load_drops_nothing_and_bad_reloads_change_nothing() {
         Some(1.0),
         "{m}"
     );
+    // The health gauge shows the target in service (the old one again), not the one the
+    // last good reload took out, which the refused config named too.
+    let healthy = |addr: &std::net::SocketAddr| {
+        web::metric(
+            &m,
+            &format!("gateway_upstream_target_healthy{{target=\"{addr}\",upstream=\"up\"}}"),
+        )
+    };
+    assert_eq!(healthy(&old.addr), Some(1.0), "{m}");
+    assert_eq!(healthy(&new.addr), None, "{m}");
+    assert_eq!(
+        m.matches("gateway_upstream_target_healthy{").count(),
+        1,
+        "{m}"
+    );
     assert!(daemon.stop().success());
 }
 

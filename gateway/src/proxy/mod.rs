@@ -175,6 +175,8 @@ pub struct Proxy {
     headers: Arc<SecurityHeaders>,
     /// `proxy.merge_slashes`: see [`route::normalize_path`].
     merge_slashes: bool,
+    /// Every upstream of the config, routed to or not.
+    pools: Vec<Arc<Pool>>,
 }
 
 struct Route {
@@ -453,7 +455,26 @@ impl Proxy {
             trusted_proxies: p.trusted_proxies.clone(),
             headers,
             merge_slashes: p.merge_slashes,
+            pools: pools.into_values().collect(),
         })
+    }
+
+    /// Shows this generation's upstream targets in the health gauge, and takes out those of
+    /// `previous` that it no longer has: call it once the generation is in service.
+    pub fn publish(&self, previous: Option<&Proxy>) {
+        for pool in &self.pools {
+            pool.publish();
+        }
+        if let Some(previous) = previous {
+            let kept: std::collections::HashSet<(String, String)> = self
+                .pools
+                .iter()
+                .flat_map(|p| p.targets.iter().map(|t| (p.name.clone(), t.label.clone())))
+                .collect();
+            for pool in &previous.pools {
+                pool.retire(&kept);
+            }
+        }
     }
 
     /// Handles one request.

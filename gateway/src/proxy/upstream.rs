@@ -52,6 +52,9 @@ pub struct Pool {
     config: UpstreamConfig,
     /// The client with the proxy's default connect timeout.
     pub client: UpstreamClient,
+    /// Whether this pool's generation is the one in service, so its health checks write the
+    /// health gauge (see [`Pool::publish`]).
+    published: AtomicBool,
 }
 
 /// One target and what the pool knows of it.
@@ -112,12 +115,6 @@ impl Pool {
                 }
             })
             .collect();
-        for t in &targets {
-            METRICS
-                .target_healthy
-                .with_label_values(&[name, &t.label])
-                .set(1);
-        }
         let hash_header = match config.hash_on.as_deref() {
             Some(on) => on
                 .strip_prefix("header:")
@@ -143,7 +140,35 @@ impl Pool {
             epoch: Instant::now(),
             config: config.clone(),
             client,
+            published: AtomicBool::new(false),
         })
+    }
+
+    /// Puts this pool's targets in the health gauge, as they are now: the pool's generation
+    /// has gone into service. Until then (a reload that fails later leaves it unused) its
+    /// targets are not shown.
+    pub fn publish(&self) {
+        self.published.store(true, Relaxed);
+        for t in &self.targets {
+            METRICS
+                .target_healthy
+                .with_label_values(&[&self.name, &t.label])
+                .set(i64::from(t.healthy.load(Relaxed)));
+        }
+    }
+
+    /// Takes this pool's targets out of the health gauge, except those in `kept` (upstream,
+    /// target) that the generation now in service still has; its health checks stop writing
+    /// the gauge, though they may run on while requests of the old generation finish.
+    pub fn retire(&self, kept: &std::collections::HashSet<(String, String)>) {
+        self.published.store(false, Relaxed);
+        for t in &self.targets {
+            if !kept.contains(&(self.name.clone(), t.label.clone())) {
+                let _ = METRICS
+                    .target_healthy
+                    .remove_label_values(&[&self.name, &t.label]);
+            }
+        }
     }
 
     /// A client for this pool's targets with the given connect timeout.
@@ -388,10 +413,12 @@ async fn health_checks(pool: Weak<Pool>, check: HealthCheckConfig) {
             };
             if now != was {
                 t.healthy.store(now, Relaxed);
-                METRICS
-                    .target_healthy
-                    .with_label_values(&[&p.name, &t.label])
-                    .set(i64::from(now));
+                if p.published.load(Relaxed) {
+                    METRICS
+                        .target_healthy
+                        .with_label_values(&[&p.name, &t.label])
+                        .set(i64::from(now));
+                }
                 if now {
                     // Back in service with a clean slate.
                     t.ejected_until.store(0, Relaxed);
