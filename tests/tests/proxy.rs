@@ -74,6 +74,26 @@ upstream = "dead"
     assert_eq!(r.status, 200);
     assert_eq!(r.json, serde_json::json!({"ok": true}));
     assert!(r.headers.get("x-request-id").is_some());
+    // Answers of the gateway's own carry their length, and a HEAD gets the length the GET
+    // would have, without the body: a fixed response and a 404 alike.
+    for path in ["/healthz", "/users/42/orders"] {
+        let got = send(&client, at("x", path, &[])).await;
+        assert_eq!(
+            got.headers["content-length"],
+            got.body.len().to_string(),
+            "{path}"
+        );
+        let mut head = at("x", path, &[]);
+        *head.method_mut() = hyper::Method::HEAD;
+        let r = send(&client, head).await;
+        assert_eq!(r.status, got.status, "{path}");
+        assert_eq!(
+            r.headers.get("content-length"),
+            got.headers.get("content-length"),
+            "{path}"
+        );
+        assert!(r.body.is_empty(), "{path}");
+    }
     // Path parameters end a segment: the route for /healthz takes /healthz;v=1.
     let r = send(&client, at("anything", "/healthz;v=1", &[])).await;
     assert_eq!(r.json, serde_json::json!({"ok": true}));

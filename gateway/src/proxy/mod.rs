@@ -586,7 +586,7 @@ impl Proxy {
                             HeaderValue::from_static("application/json"),
                         );
                     }
-                    response
+                    with_length(response, body.len())
                 }
                 Action::Forward {
                     pool,
@@ -1536,12 +1536,29 @@ fn error(
         "status": status.as_u16(),
         "request_id": id,
     });
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    let body = Bytes::from(body.to_string());
+    let length = body.len();
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    with_length(response, length)
+}
+
+/// An answer of the gateway's own with its Content-Length, so a HEAD request gets the length
+/// the GET would have (RFC 9110 section 9.3.2); none for the statuses that have no content.
+fn with_length(mut response: Response<Body>, length: usize) -> Response<Body> {
+    let status = response.status();
+    if !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     response
 }
 
