@@ -466,10 +466,14 @@ impl Proxy {
             pool.publish();
         }
         if let Some(previous) = previous {
-            let kept: std::collections::HashSet<(String, String)> = self
+            let kept: std::collections::HashSet<(&str, &str)> = self
                 .pools
                 .iter()
-                .flat_map(|p| p.targets.iter().map(|t| (p.name.clone(), t.label.clone())))
+                .flat_map(|p| {
+                    p.targets
+                        .iter()
+                        .map(|t| (p.name.as_str(), t.label.as_str()))
+                })
                 .collect();
             for pool in &previous.pools {
                 pool.retire(&kept);
@@ -840,14 +844,24 @@ impl Proxy {
             // work per request); hyper's path gets one.
             let attempt = async {
                 match (f.fast, payload) {
-                    (Some(fast), Payload::Empty) => {
-                        let body = Bytes::new();
-                        let out = (&parts, &*path_and_query, &forwarding);
-                        fast_send(fast, target.addr, out, body, deadline, &f).await
-                    }
-                    (Some(fast), Payload::Bytes(b)) => {
-                        let out = (&parts, &*path_and_query, &forwarding);
-                        fast_send(fast, target.addr, out, b, deadline, &f).await
+                    (Some(fast), payload @ (Payload::Empty | Payload::Bytes(_))) => {
+                        let body = match payload {
+                            Payload::Bytes(b) => b,
+                            _ => Bytes::new(),
+                        };
+                        let outgoing = h1::client::Outgoing {
+                            method: &parts.method,
+                            path_and_query: &path_and_query,
+                            headers: &parts.headers,
+                            set: &forwarding.fields,
+                            host: forwarding.host.as_ref(),
+                            body,
+                            deadline,
+                            body_timeout: f.timeout,
+                        };
+                        fast.send(target.addr, outgoing, f.idempotent)
+                            .await
+                            .map_err(Failure::from)
                     }
                     (_, payload) => {
                         let uri = Uri::try_from([target.origin.as_str(), &path_and_query].concat())
@@ -991,35 +1005,16 @@ enum Failure {
     Timeout,
 }
 
-/// One attempt through the fast path's client.
-async fn fast_send(
-    client: &h1::client::Client,
-    addr: std::net::SocketAddr,
-    (parts, path_and_query, forwarding): (&Parts, &str, &Forwarding),
-    body: Bytes,
-    deadline: tokio::time::Instant,
-    f: &Forward<'_>,
-) -> Result<Response<Body>, Failure> {
-    let outgoing = h1::client::Outgoing {
-        method: &parts.method,
-        path_and_query,
-        headers: &parts.headers,
-        set: &forwarding.fields,
-        host: forwarding.host.as_ref(),
-        body,
-        deadline,
-        body_timeout: f.timeout,
-    };
-    client
-        .send(addr, outgoing, f.idempotent)
-        .await
-        .map_err(|e| match e {
+impl From<h1::client::SendError> for Failure {
+    fn from(e: h1::client::SendError) -> Failure {
+        match e {
             h1::client::SendError::Timeout => Failure::Timeout,
             e => Failure::Upstream {
                 connect: e.is_connect(),
                 message: error_chain(&e),
             },
-        })
+        }
+    }
 }
 
 /// What [`Proxy::forward`] needs to know besides the request.
@@ -1547,14 +1542,17 @@ fn error(
     with_length(response, length)
 }
 
+/// A status whose response has no content (RFC 9110 sections 15.2, 15.3.5 and 15.4.5).
+pub(crate) fn without_content(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// An answer of the gateway's own with its Content-Length, so a HEAD request gets the length
 /// the GET would have (RFC 9110 section 9.3.2); none for the statuses that have no content.
 fn with_length(mut response: Response<Body>, length: usize) -> Response<Body> {
-    let status = response.status();
-    if !(status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED)
-    {
+    if !without_content(response.status()) {
         response
             .headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(length));

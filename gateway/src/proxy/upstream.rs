@@ -160,10 +160,10 @@ impl Pool {
     /// Takes this pool's targets out of the health gauge, except those in `kept` (upstream,
     /// target) that the generation now in service still has; its health checks stop writing
     /// the gauge, though they may run on while requests of the old generation finish.
-    pub fn retire(&self, kept: &std::collections::HashSet<(String, String)>) {
+    pub fn retire(&self, kept: &std::collections::HashSet<(&str, &str)>) {
         self.published.store(false, Relaxed);
         for t in &self.targets {
-            if !kept.contains(&(self.name.clone(), t.label.clone())) {
+            if !kept.contains(&(self.name.as_str(), t.label.as_str())) {
                 let _ = METRICS
                     .target_healthy
                     .remove_label_values(&[&self.name, &t.label]);

@@ -51,52 +51,45 @@ pub fn install() {
 }
 
 fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
-    // ECDSA and EdDSA: ring takes an uncompressed point of the algorithm's curve, and a raw
-    // Ed25519 key; anything else keeps the RustCrypto check.
-    let other: Option<(&'static dyn ring_sig::VerificationAlgorithm, usize)> = match alg {
-        Algorithm::ES256 => Some((&ring_sig::ECDSA_P256_SHA256_FIXED, 65)),
-        Algorithm::ES384 => Some((&ring_sig::ECDSA_P384_SHA384_FIXED, 97)),
-        Algorithm::EdDSA => Some((&ring_sig::ED25519, 32)),
-        _ => None,
+    match ring_key(alg, key) {
+        Some(key) => Ok(Box::new(RingVerifier { alg: *alg, key })),
+        // Not one of ring's algorithms, not a key of the algorithm's family (the RustCrypto
+        // factory refuses it as before), or a key ring does not take.
+        None => (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
+    }
+}
+
+/// `key` as ring checks it for `alg`. ECDSA and EdDSA: an uncompressed point of the
+/// algorithm's curve, or a raw Ed25519 key; RSA: within ring's limits (see [`ring_takes`]).
+fn ring_key(alg: &Algorithm, key: &DecodingKey) -> Option<RingKey> {
+    let (algorithm, len, family): (&'static dyn ring_sig::VerificationAlgorithm, _, _) = match alg {
+        Algorithm::ES256 => (&ring_sig::ECDSA_P256_SHA256_FIXED, 65, AlgorithmFamily::Ec),
+        Algorithm::ES384 => (&ring_sig::ECDSA_P384_SHA384_FIXED, 97, AlgorithmFamily::Ec),
+        Algorithm::EdDSA => (&ring_sig::ED25519, 32, AlgorithmFamily::Ed),
+        _ => {
+            let params: &'static RsaParameters = match alg {
+                Algorithm::RS256 => &ring_sig::RSA_PKCS1_2048_8192_SHA256,
+                Algorithm::RS384 => &ring_sig::RSA_PKCS1_2048_8192_SHA384,
+                Algorithm::RS512 => &ring_sig::RSA_PKCS1_2048_8192_SHA512,
+                Algorithm::PS256 => &ring_sig::RSA_PSS_2048_8192_SHA256,
+                Algorithm::PS384 => &ring_sig::RSA_PSS_2048_8192_SHA384,
+                Algorithm::PS512 => &ring_sig::RSA_PSS_2048_8192_SHA512,
+                _ => return None,
+            };
+            let (n, e) = components(key).filter(|(n, e)| ring_takes(n, e))?;
+            return Some(RingKey::Rsa { params, n, e });
+        }
     };
-    if let Some((algorithm, len)) = other {
-        let family = if *alg == Algorithm::EdDSA {
-            AlgorithmFamily::Ed
-        } else {
-            AlgorithmFamily::Ec
-        };
-        let point = match key.kind() {
-            DecodingKeyKind::SecretOrDer(b) if key.family() == family => Some(b),
-            _ => None,
-        };
-        return match point.filter(|b| b.len() == len && (len == 32 || b[0] == 4)) {
-            Some(b) => Ok(Box::new(RingKey {
-                alg: *alg,
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(b)
+            if key.family() == family && b.len() == len && (len == 32 || b[0] == 4) =>
+        {
+            Some(RingKey::Other {
                 algorithm,
                 key: b.clone(),
-            })),
-            None => (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
-        };
-    }
-    let params: &'static RsaParameters = match alg {
-        Algorithm::RS256 => &ring_sig::RSA_PKCS1_2048_8192_SHA256,
-        Algorithm::RS384 => &ring_sig::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &ring_sig::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &ring_sig::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &ring_sig::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &ring_sig::RSA_PSS_2048_8192_SHA512,
-        _ => return (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
-    };
-    match components(key).filter(|(n, e)| ring_takes(n, e)) {
-        Some((n, e)) => Ok(Box::new(RingRsa {
-            alg: *alg,
-            params,
-            n,
-            e,
-        })),
-        // Not an RSA key (the RustCrypto factory refuses it as before), or one ring does not
-        // take.
-        None => (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -133,46 +126,39 @@ fn ring_takes(n: &[u8], e: &[u8]) -> bool {
     (2048..=8192).contains(&bits(n)) && e_value.is_some_and(|e| e >= 3 && e % 2 == 1 && e < 1 << 33)
 }
 
-struct RingRsa {
-    alg: Algorithm,
-    params: &'static RsaParameters,
-    n: Vec<u8>,
-    e: Vec<u8>,
+enum RingKey {
+    Rsa {
+        params: &'static RsaParameters,
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// An ECDSA (fixed-size signature) or Ed25519 key.
+    Other {
+        algorithm: &'static dyn ring_sig::VerificationAlgorithm,
+        key: Vec<u8>,
+    },
 }
 
-impl signature::Verifier<Vec<u8>> for RingRsa {
+struct RingVerifier {
+    alg: Algorithm,
+    key: RingKey,
+}
+
+impl signature::Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> std::result::Result<(), signature::Error> {
-        RsaPublicKeyComponents {
-            n: &self.n,
-            e: &self.e,
+        match &self.key {
+            RingKey::Rsa { params, n, e } => {
+                RsaPublicKeyComponents { n, e }.verify(params, msg, sig)
+            }
+            RingKey::Other { algorithm, key } => {
+                ring_sig::UnparsedPublicKey::new(*algorithm, key).verify(msg, sig)
+            }
         }
-        .verify(self.params, msg, sig)
         .map_err(|_| signature::Error::new())
     }
 }
 
-impl JwtVerifier for RingRsa {
-    fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-}
-
-/// An ECDSA (fixed-size signature) or Ed25519 key.
-struct RingKey {
-    alg: Algorithm,
-    algorithm: &'static dyn ring_sig::VerificationAlgorithm,
-    key: Vec<u8>,
-}
-
-impl signature::Verifier<Vec<u8>> for RingKey {
-    fn verify(&self, msg: &[u8], sig: &Vec<u8>) -> std::result::Result<(), signature::Error> {
-        ring_sig::UnparsedPublicKey::new(self.algorithm, &self.key)
-            .verify(msg, sig)
-            .map_err(|_| signature::Error::new())
-    }
-}
-
-impl JwtVerifier for RingKey {
+impl JwtVerifier for RingVerifier {
     fn algorithm(&self) -> Algorithm {
         self.alg
     }

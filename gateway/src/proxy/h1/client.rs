@@ -367,29 +367,27 @@ async fn exchange(
     }
 }
 
-type Head = (StatusCode, Version, HeaderMap, Fields);
+type Head = (StatusCode, Version, HeaderMap, FramingFields);
 
 /// What the framing fields of a response head say, gathered as the head is parsed.
 #[derive(Default)]
-struct Fields {
+struct FramingFields {
     /// Connection: close.
     close: bool,
     /// The last Transfer-Encoding field.
     transfer_encoding: Option<HeaderValue>,
-    /// Content-Length fields: whether any, the length they agree on, or what is wrong.
-    has_length: bool,
+    /// Content-Length fields: the length they agree on, or what is wrong with them.
     length: Option<u64>,
     bad_length: Option<&'static str>,
 }
 
-impl Fields {
+impl FramingFields {
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONNECTION {
             self.close |= has_token(value.as_bytes(), "close");
         } else if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = Some(value.clone());
         } else if name == header::CONTENT_LENGTH {
-            self.has_length = true;
             let v = value.as_bytes();
             let n = std::str::from_utf8(v)
                 .ok()
@@ -454,7 +452,7 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (security headers, X-Request-Id).
     let mut map = HeaderMap::with_capacity(spans.len() + 8);
-    let mut fields = Fields::default();
+    let mut fields = FramingFields::default();
     for &(name, name_len, value, value_len) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;
@@ -474,33 +472,32 @@ fn respond(
     body_timeout: Duration,
 ) -> Result<Response<Body>, SendError> {
     let mut keep = version == Version::HTTP_11 && !fields.close;
-    let framing =
-        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::None
-        } else if let Some(te) = &fields.transfer_encoding {
-            let chunked = te
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if fields.has_length {
-                // Both: Transfer-Encoding wins, and the connection is not to be trusted after.
-                headers.remove(header::CONTENT_LENGTH);
-                keep = false;
-            }
-            if chunked {
-                Framing::Chunked
-            } else {
-                Framing::Close
-            }
-        } else if let Some(bad) = fields.bad_length {
-            return Err(SendError::Protocol(bad));
+    let framing = if head_only || crate::proxy::without_content(status) {
+        Framing::None
+    } else if let Some(te) = &fields.transfer_encoding {
+        let chunked = te
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if fields.length.is_some() || fields.bad_length.is_some() {
+            // Both: Transfer-Encoding wins, and the connection is not to be trusted after.
+            headers.remove(header::CONTENT_LENGTH);
+            keep = false;
+        }
+        if chunked {
+            Framing::Chunked
         } else {
-            match fields.length {
-                Some(n) => Framing::Length(n),
-                None => Framing::Close,
-            }
-        };
+            Framing::Close
+        }
+    } else if let Some(bad) = fields.bad_length {
+        return Err(SendError::Protocol(bad));
+    } else {
+        match fields.length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
     if matches!(framing, Framing::Close) {
         keep = false;
     }

@@ -315,7 +315,7 @@ async fn write_response<S, B>(
     out: &mut Vec<u8>,
     response: Response<B>,
     head_request: bool,
-    close: bool,
+    mut close: bool,
 ) -> std::io::Result<bool>
 where
     S: AsyncWrite + Unpin,
@@ -324,11 +324,7 @@ where
 {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let mut close = close;
-    let bodiless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head_request || crate::proxy::without_content(status);
     // The length the body says it has, or chunked.
     let exact = body.size_hint().exact();
     out.clear();
