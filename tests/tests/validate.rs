@@ -549,6 +549,18 @@ pattern = "[a-z]+"
             400,
             "validate:json_schema",
         ),
+        // A repeated key: a parser that keeps the first would see a name the schema never
+        // checked.
+        (
+            request(
+                "POST",
+                &url("/users"),
+                &[v, json],
+                br#"{"name": 5, "name": "ann"}"#,
+            ),
+            400,
+            "validate:json_schema",
+        ),
         (
             request("POST", &url("/users"), &[v, json], &[b' '; 100]),
             413,
@@ -580,6 +592,18 @@ pattern = "[a-z]+"
             );
         }
     }
+    let r = send(
+        &client,
+        request(
+            "POST",
+            &url("/users"),
+            &[v, json],
+            br#"{"name": "ann", "name": "bob"}"#,
+        ),
+    )
+    .await;
+    let m = r.json["message"].as_str().unwrap();
+    assert!(m.contains(r#"duplicate key "name""#), "{m}");
     assert_eq!(
         up.served(),
         served,

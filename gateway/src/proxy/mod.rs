@@ -36,6 +36,7 @@ pub mod coding;
 pub mod h1;
 pub mod harden;
 pub mod inspect;
+pub mod jsondoc;
 pub mod ratelimit;
 pub mod reject;
 pub mod route;
@@ -677,7 +678,8 @@ impl Proxy {
             }
         }
         if !s.limits.is_empty() {
-            s.limits.check(false, parts, client, None, closest)?;
+            s.limits
+                .check(false, parts, client, None, done.started, closest)?;
         }
         let identity: Option<Identity> = match &s.auth {
             Some(policy) => policy.check(parts).await?,
@@ -690,8 +692,14 @@ impl Proxy {
             a.rule = Some(format!("auth:{}", i.provider));
         }
         if !s.limits.is_empty() {
-            s.limits
-                .check(true, parts, client, identity.as_ref(), closest)?;
+            s.limits.check(
+                true,
+                parts,
+                client,
+                identity.as_ref(),
+                done.started,
+                closest,
+            )?;
         }
         if let Some(v) = &s.validator {
             v.check_head(parts)?;

@@ -355,16 +355,17 @@ impl Limits {
     /// applies is charged until one refuses; the refusal carries Retry-After, RateLimit-Policy
     /// and RateLimit. On success, `closest` becomes the limit closest to its end when it is
     /// closer than the one already there (limits checked after authentication may replace the
-    /// ones before): [`Limits::headers`] turns it into the response's pair.
+    /// ones before): [`Limits::headers`] turns it into the response's pair. `now`: when the
+    /// request arrived.
     pub fn check(
         &self,
         after_auth: bool,
         parts: &Parts,
         client: IpAddr,
         identity: Option<&Identity>,
+        now: Instant,
         closest: &mut Option<Closest>,
     ) -> Result<(), Rejection> {
-        let now = Instant::now();
         let mut tightest: Option<Closest> = None;
         for (index, limit) in self.limits.iter().enumerate() {
             if limit.key.needs_identity() != after_auth {
@@ -549,13 +550,19 @@ mod tests {
         let p = parts();
         let ip: IpAddr = "198.18.0.1".parse().unwrap();
         let mut closest = None;
-        limits.check(false, &p, ip, None, &mut closest).unwrap();
+        limits
+            .check(false, &p, ip, None, Instant::now(), &mut closest)
+            .unwrap();
         let mut headers = hyper::HeaderMap::new();
         limits.headers(closest.as_ref().unwrap(), &mut headers);
         assert_eq!(headers["ratelimit-policy"], "\"per-ip\";q=2;w=60");
         assert_eq!(headers["ratelimit"], "\"per-ip\";r=1;t=30");
-        limits.check(false, &p, ip, None, &mut closest).unwrap();
-        let r = limits.check(false, &p, ip, None, &mut closest).unwrap_err();
+        limits
+            .check(false, &p, ip, None, Instant::now(), &mut closest)
+            .unwrap();
+        let r = limits
+            .check(false, &p, ip, None, Instant::now(), &mut closest)
+            .unwrap_err();
         assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers["retry-after"], "30");
         assert_eq!(r.headers["ratelimit"], "\"per-ip\";r=0;t=60");

@@ -23,7 +23,13 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::reject::Rejection;
+use super::{
+    jsondoc::{Borrowed, Doc},
+    reject::Rejection,
+};
+
+/// A compiled JSON Schema, validating bodies parsed as [`Doc`]s.
+type Schema = jsonschema::Validator<Borrowed>;
 
 /// At most this many schema errors are named in a refusal.
 const MAX_SCHEMA_ERRORS: usize = 3;
@@ -185,12 +191,14 @@ impl ValidateConfig {
 
 /// Reads and compiles a schema file; the error names the file. Remote and file `$ref`s are
 /// not fetched (the crate's resolvers are left out), so a schema is self-contained.
-fn load_schema(path: &Path) -> Result<jsonschema::Validator, String> {
+fn load_schema(path: &Path) -> Result<Schema, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{shown}: not JSON: {e}"))?;
-    jsonschema::validator_for(&value).map_err(|e| format!("{shown}: not a valid JSON Schema: {e}"))
+    jsonschema::options_for::<Borrowed>()
+        .build(&value)
+        .map_err(|e| format!("{shown}: not a valid JSON Schema: {e}"))
 }
 
 /// `pattern` matching whole values only.
@@ -299,8 +307,8 @@ struct Param {
 enum Schemas {
     None,
     /// For every request with a body.
-    All(Arc<jsonschema::Validator>),
-    ByMethod(Vec<(Method, Arc<jsonschema::Validator>)>),
+    All(Arc<Schema>),
+    ByMethod(Vec<(Method, Arc<Schema>)>),
 }
 
 // The pipeline's phases all return `Result<_, Rejection>`; a refusal is the rare path.
@@ -483,17 +491,17 @@ impl Validator {
                 format!("the request body inflates to more than {max} bytes"),
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let doc = Doc::parse(&body).map_err(|e| {
             bad(
                 "validate:json_schema",
                 format!("the body is not valid JSON: {e}"),
             )
         })?;
         // The common case first: a valid body, without gathering errors.
-        if schema.is_valid(&value) {
+        if schema.is_valid(&doc) {
             return Ok(());
         }
-        let mut errors = schema.iter_errors(&value);
+        let mut errors = schema.iter_errors(&doc);
         let Some(first) = errors.next() else {
             return Ok(());
         };
@@ -513,7 +521,7 @@ impl Validator {
         Err(bad("validate:json_schema", message))
     }
 
-    fn schema_for(&self, method: &Method) -> Option<&jsonschema::Validator> {
+    fn schema_for(&self, method: &Method) -> Option<&Schema> {
         match &self.schemas {
             Schemas::None => None,
             Schemas::All(v) => Some(v),

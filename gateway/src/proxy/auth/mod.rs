@@ -354,17 +354,23 @@ enum Credential<'h> {
 /// Whether every byte is one of an RFC 7235 token68 (before its trailing `=`s). Branch-free
 /// per byte, so that the compiler checks many bytes at once: tokens run to hundreds of bytes.
 fn is_token68(bytes: &[u8]) -> bool {
-    bytes.iter().fold(true, |ok, &b| {
+    let valid = |b: u8| {
         let lower = b | 0x20;
-        ok & ((lower.wrapping_sub(b'a') < 26)
+        (lower.wrapping_sub(b'a') < 26)
             | (b.wrapping_sub(b'0') < 10)
             | (b == b'-')
             | (b == b'.')
             | (b == b'_')
             | (b == b'~')
             | (b == b'+')
-            | (b == b'/'))
-    })
+            | (b == b'/')
+    };
+    // Without a branch per byte, 32 at a time: the compiler makes vector code of it.
+    let mut chunks = bytes.chunks_exact(32);
+    let chunks_ok = chunks
+        .by_ref()
+        .all(|c| c.iter().fold(true, |ok, &b| ok & valid(b)));
+    chunks_ok && chunks.remainder().iter().all(|&b| valid(b))
 }
 
 /// `bytes` without `b` at its end, and at its start too when `both`.

@@ -747,14 +747,16 @@ fn token68_is_exactly_the_rfc_alphabet() {
     for b in 0..=255u8 {
         let expected = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
         assert_eq!(super::is_token68(&[b]), expected, "byte {b:#x}");
-        // And anywhere in a long token (the check works on many bytes at once).
-        let mut long = vec![b'a'; 100];
-        long[37] = b;
-        assert_eq!(
-            super::is_token68(&long),
-            expected,
-            "byte {b:#x} in a long token"
-        );
+        // And anywhere in a long token (the check works on 32 bytes at once, then the rest).
+        for at in [0, 37, 98] {
+            let mut long = vec![b'a'; 100];
+            long[at] = b;
+            assert_eq!(
+                super::is_token68(&long),
+                expected,
+                "byte {b:#x} at {at} of a long token"
+            );
+        }
     }
     assert_eq!(super::trim_byte(b"  a b  ", b' ', true), b"a b");
     assert_eq!(super::trim_byte(b"ab==", b'=', false), b"ab");

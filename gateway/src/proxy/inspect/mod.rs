@@ -171,6 +171,49 @@ pub struct Inspector {
     set: RegexSet,
     /// For each pattern of `set`, its index in [`RULES`].
     rule_of: Vec<usize>,
+    /// The fewest bytes of a match made of [`plain`] bytes only, of any rule; see
+    /// [`shortest_plain`]. A plain text shorter than that cannot match.
+    plain_shortest: usize,
+}
+
+/// Whether `raw` is a word of ASCII letters, digits and `_`: JSON keys, ids, enumerated
+/// values. Such a text is what it normalises to (lower-cased), has no SQL comment and no
+/// shell expansion, so its views are itself, and no NUL byte.
+fn plain(raw: &[u8]) -> bool {
+    raw.iter().fold(true, |ok, &b| {
+        ok & (b.is_ascii_alphanumeric() | (b == b'_'))
+    })
+}
+
+/// The length of the shortest match of the pattern `hir` made of [`plain`] bytes only;
+/// `usize::MAX` when there is none. Assertions (`^`, `$`, `\b`) are taken as always
+/// satisfied, so the answer may be short of the truth, never beyond it.
+fn shortest_plain(hir: &regex_syntax::hir::Hir) -> usize {
+    use regex_syntax::hir::{Class, HirKind};
+    let byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let none = usize::MAX;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => 0,
+        HirKind::Literal(l) if l.0.iter().all(|&b| byte(b)) => l.0.len(),
+        HirKind::Literal(_) => none,
+        HirKind::Class(Class::Bytes(c)) if c.iter().any(|r| (r.start()..=r.end()).any(byte)) => 1,
+        HirKind::Class(Class::Unicode(c))
+            if c.iter()
+                .any(|r| (r.start()..=r.end()).any(|ch| u8::try_from(ch).is_ok_and(byte))) =>
+        {
+            1
+        }
+        HirKind::Class(_) => none,
+        HirKind::Repetition(r) if r.min == 0 => 0,
+        HirKind::Repetition(r) => {
+            shortest_plain(&r.sub).saturating_mul(usize::try_from(r.min).unwrap_or(none))
+        }
+        HirKind::Capture(c) => shortest_plain(&c.sub),
+        HirKind::Concat(all) => all
+            .iter()
+            .fold(0usize, |n, h| n.saturating_add(shortest_plain(h))),
+        HirKind::Alternation(any) => any.iter().map(shortest_plain).min().unwrap_or(none),
+    }
 }
 
 impl Inspector {
@@ -186,7 +229,24 @@ impl Inspector {
             .dfa_size_limit(32 << 20)
             .build()
             .expect("the inspection rules compile (a unit test builds them)");
-        Inspector { set, rule_of }
+        let plain_shortest = rule_of
+            .iter()
+            .map(|&i| {
+                // Parsed as the set parses it; a pattern that would not parse counts as 0.
+                regex_syntax::ParserBuilder::new()
+                    .unicode(false)
+                    .utf8(false)
+                    .build()
+                    .parse(RULES[i].pattern.unwrap_or_default())
+                    .map_or(0, |hir| shortest_plain(&hir))
+            })
+            .min()
+            .unwrap_or(usize::MAX);
+        Inspector {
+            set,
+            rule_of,
+            plain_shortest,
+        }
     }
 
     /// The first rule of `enabled` that applies to `part` (a bit of `rules::IN_*`) and
@@ -230,24 +290,22 @@ fn body_kind(parts: &Parts) -> Option<BodyKind> {
 
 /// The kind of a body of type `value` (a `Content-Type` value); `None` for a binary type.
 fn kind_of(value: &[u8]) -> Option<BodyKind> {
-    let value = std::str::from_utf8(value).ok()?;
-    let essence = value.split(';').next().unwrap_or("").trim();
-    let is = |s: &str| essence.eq_ignore_ascii_case(s);
-    let ends = |s: &str| {
-        essence.len() > s.len()
-            && essence.as_bytes()[essence.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+    // Bytes, not text: a type followed by parameters that are not UTF-8 is still that type.
+    let essence = value[..memchr::memchr(b';', value).unwrap_or(value.len())].trim_ascii();
+    let is = |s: &[u8]| essence.eq_ignore_ascii_case(s);
+    let starts = |s: &[u8]| essence.len() > s.len() && essence[..s.len()].eq_ignore_ascii_case(s);
+    let ends = |s: &[u8]| {
+        essence.len() > s.len() && essence[essence.len() - s.len()..].eq_ignore_ascii_case(s)
     };
-    if is("application/x-www-form-urlencoded") {
-        Some(BodyKind::Form)
-    } else if is("application/json") || is("text/json") || ends("+json") {
+    if is(b"application/json") || is(b"text/json") || ends(b"+json") {
         Some(BodyKind::Json)
-    } else if is("application/xml") || is("text/xml") || ends("+xml") {
+    } else if is(b"application/x-www-form-urlencoded") {
+        Some(BodyKind::Form)
+    } else if is(b"application/xml") || is(b"text/xml") || ends(b"+xml") {
         Some(BodyKind::Xml)
-    } else if essence.len() > 5 && essence[..5].eq_ignore_ascii_case("text/")
-        || is("application/graphql")
-    {
+    } else if starts(b"text/") || is(b"application/graphql") {
         Some(BodyKind::Text)
-    } else if essence.len() > 10 && essence[..10].eq_ignore_ascii_case("multipart/") {
+    } else if starts(b"multipart/") {
         Some(BodyKind::Multipart)
     } else {
         None
@@ -393,6 +451,10 @@ impl RouteInspect {
     /// NUL bytes.
     fn scan(&self, raw: &[u8], kind: Kind, part: u8) -> Option<&'static Rule> {
         if raw.is_empty() {
+            return None;
+        }
+        // A word too short for any rule to match, as worked out once for the rule set.
+        if raw.len() < self.inspector.plain_shortest && plain(raw) {
             return None;
         }
         // Text bodies rarely repeat; paths, query parameters, header values and JSON strings

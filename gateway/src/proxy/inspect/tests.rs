@@ -1246,3 +1246,93 @@ fn clean_texts_are_remembered_per_rule_set_and_findings_never() {
     assert!(CLEAN.with(|c| c.borrow().0.len()) <= CLEAN_TEXTS);
     assert!(hit(&all, Header, "<script>alert(1)</script>").is_some());
 }
+
+#[test]
+fn short_plain_words_match_no_rule() {
+    // The bound itself: cautious where it cannot tell, exact on what it sees.
+    let shortest = |p: &str| {
+        let hir = regex_syntax::ParserBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .build()
+            .parse(p)
+            .unwrap();
+        shortest_plain(&hir)
+    };
+    assert_eq!(shortest(r"\bunion\s*select\b"), 11);
+    assert_eq!(shortest(r"^(?:ab|<)c{2,}$"), 4);
+    assert_eq!(shortest(r"[^\n]*x"), 1);
+    assert_eq!(shortest(r"a(?:b|c.)d"), 3);
+    assert_eq!(shortest(r"<[\s/]*script\b"), usize::MAX);
+    assert_eq!(shortest(r"\bsleep\s*\("), usize::MAX);
+    assert_eq!(shortest(r"(?:;|&)\s*id\b"), usize::MAX);
+    // The rule set's bound ("pg_shadow", sqli-006), and what it lets pass unscanned: a rule
+    // that lowers it slows inspection and breaks this test.
+    let set = Inspector::new();
+    assert_eq!(set.plain_shortest, 9);
+    let r = route();
+    for word in ["pg_shadow", "unionselect", "sysobjects", "2852039166"] {
+        assert!(hit(&r, Json, word).is_some(), "{word}");
+    }
+    assert!(plain(b"orderId_42") && plain(b"A"));
+    for not in [
+        "a b", "a-b", "a.b", "a%41", "a\\u0041", "a\0", "é", "a+b", "a'",
+    ] {
+        assert!(!plain(not.as_bytes()), "{not:?}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+    /// What the bound assumes of a word: every kind normalises it to its lower case alone, and
+    /// neither view changes it; and short words, scanned, match nothing.
+    #[test]
+    fn a_plain_word_normalises_to_itself(word in "[A-Za-z0-9_]{1,40}") {
+        let lower = word.to_ascii_lowercase();
+        for kind in [Path, Form, Header, Json, Text] {
+            let n = normalize(word.as_bytes(), kind);
+            proptest::prop_assert_eq!(&n.text[..], lower.as_bytes());
+            proptest::prop_assert!(!n.nul);
+            proptest::prop_assert!(sql_view(&n.text).is_none_or(|v| v == n.text[..]));
+            proptest::prop_assert!(shell_view(&n.text).is_none_or(|v| v == n.text[..]));
+            if word.len() < 9 {
+                let found = route().scan_now(word.as_bytes(), kind, rules::IN_ALL);
+                proptest::prop_assert!(found.is_none());
+            }
+        }
+    }
+}
+
+#[test]
+fn body_kinds_by_media_type() {
+    let rows: &[(&[u8], Option<BodyKind>)] = &[
+        (b"application/json", Some(BodyKind::Json)),
+        (b" Application/JSON ; charset=utf-8", Some(BodyKind::Json)),
+        (b"application/problem+json", Some(BodyKind::Json)),
+        // Parameters that are not UTF-8 do not hide the type.
+        (b"application/json; charset=\xff", Some(BodyKind::Json)),
+        (b"application/x-www-form-urlencoded", Some(BodyKind::Form)),
+        (b"text/xml", Some(BodyKind::Xml)),
+        (b"application/soap+xml", Some(BodyKind::Xml)),
+        (b"text/plain", Some(BodyKind::Text)),
+        (b"application/graphql", Some(BodyKind::Text)),
+        (
+            b"multipart/form-data; boundary=x",
+            Some(BodyKind::Multipart),
+        ),
+        (b"+json", None),
+        (b"text/", None),
+        (b"image/png", None),
+        (b"application/octet-stream", None),
+        (b"", None),
+    ];
+    for (value, kind) in rows {
+        assert_eq!(
+            kind_of(value),
+            *kind,
+            "{:?}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
