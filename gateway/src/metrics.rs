@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Seconds from the request's arrival to the end of its response, by route.
     pub duration: HistogramVec,
     pub open_connections: IntGauge,
+    /// Client connections open now, by proxy worker (thread).
+    pub worker_connections: IntGaugeVec,
     pub connections: IntCounter,
     /// Connections closed at accept because `proxy.max_connections` were open.
     pub connections_refused: IntCounter,
@@ -90,6 +92,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Client connections open now.",
     ));
     must(registry.register(Box::new(open_connections.clone())));
+    let worker_connections = must(IntGaugeVec::new(
+        Opts::new(
+            "gateway_worker_connections",
+            "Client connections open now, by proxy worker thread.",
+        ),
+        &["worker"],
+    ));
+    must(registry.register(Box::new(worker_connections.clone())));
     let target_healthy = must(IntGaugeVec::new(
         Opts::new(
             "gateway_upstream_target_healthy",
@@ -102,6 +112,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         requests,
         duration,
         open_connections,
+        worker_connections,
         connections: counter("gateway_connections_total", "Client connections accepted."),
         connections_refused: counter(
             "gateway_connections_refused_total",

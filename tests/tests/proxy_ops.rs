@@ -161,6 +161,68 @@ async fn client_limits_are_enforced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_workers() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let setup = Setup::new();
+    let rest = format!(
+        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
+        up.addr
+    );
+    let config = web::write_config(&setup, port, "workers = 2\n", &rest);
+    let metrics = web::with_metrics(&config);
+    let daemon = Daemon::start_local(&setup, &config);
+    let per_worker = |m: &str| {
+        [0, 1].map(|w| {
+            web::metric(m, &format!("gateway_worker_connections{{worker=\"{w}\"}}")).unwrap_or(-1.0)
+        })
+    };
+    // Opened at once, as a load generator does: whichever worker wins each accept, the
+    // connections end up four and four (each answered once, so each is surely placed).
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 1024];
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+                assert_eq!(status_of(&String::from_utf8_lossy(&buf[..n])), Some(200));
+                s
+            })
+        })
+        .collect();
+    let mut opened = Vec::new();
+    for t in tasks {
+        opened.push(t.await.unwrap());
+    }
+    let m = web::scrape(metrics).await;
+    assert_eq!(per_worker(&m), [4.0, 4.0], "{m}");
+    assert_eq!(
+        web::metric(&m, "gateway_open_connections"),
+        Some(8.0),
+        "{m}"
+    );
+    drop(opened);
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut m = web::scrape(metrics).await;
+    while per_worker(&m) != [0.0, 0.0] && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = web::scrape(metrics).await;
+    }
+    assert_eq!(
+        per_worker(&m),
+        [0.0, 0.0],
+        "closed connections still counted: {m}"
+    );
+    assert!(daemon.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_requests_finish_and_refuses_new_ones() {
     let up = Upstream::start("up").await;
     let port = free_port();

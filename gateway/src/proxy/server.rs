@@ -111,6 +111,9 @@ pub struct Workers {
     handles: Vec<tokio::runtime::Handle>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Client connections open on each worker, and the same as metrics.
+    open: Box<[AtomicUsize]>,
+    gauges: Box<[prometheus::IntGauge]>,
 }
 
 impl Workers {
@@ -120,6 +123,14 @@ impl Workers {
             handles: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
+            open: (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            gauges: (0..n.max(1))
+                .map(|i| {
+                    METRICS
+                        .worker_connections
+                        .with_label_values(&[&i.to_string()])
+                })
+                .collect(),
         };
         for i in 0..n.max(1) {
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
@@ -178,6 +189,49 @@ impl Workers {
 
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
+    }
+
+    /// The worker a new connection goes to: the one with the fewest open, `here` (the worker
+    /// that accepted it) among equals; counted as open there until the slot is dropped.
+    ///
+    /// Every worker accepts on the same sockets, and which one wins a connection is chance:
+    /// 30 of 32 connections could land on one core while the other idles. Placed this way,
+    /// they are spread evenly whatever the order they come in.
+    fn place(self: &Arc<Self>, here: usize) -> Slot {
+        let fewest =
+            |(i, n): (usize, usize), (j, m): (usize, usize)| if m < n { (j, m) } else { (i, n) };
+        let load = |i: usize| self.open.get(i).map_or(usize::MAX, |n| n.load(Relaxed));
+        // Taken only if its count is still the one that made it the choice, so workers
+        // placing connections at the same moment do not both pick the same one.
+        let worker = loop {
+            let (worker, n) = (0..self.open.len())
+                .map(|i| (i, load(i)))
+                .fold((here, load(here)), fewest);
+            if self.open[worker]
+                .compare_exchange(n, n + 1, Relaxed, Relaxed)
+                .is_ok()
+            {
+                break worker;
+            }
+        };
+        self.gauges[worker].inc();
+        Slot {
+            workers: self.clone(),
+            worker,
+        }
+    }
+}
+
+/// A connection's place on a worker; see [`Workers::place`].
+struct Slot {
+    workers: Arc<Workers>,
+    worker: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.workers.open[self.worker].fetch_sub(1, Relaxed);
+        self.workers.gauges[self.worker].dec();
     }
 }
 
@@ -258,9 +312,10 @@ impl Listeners {
                     .try_clone()
                     .map_err(|e| format!("cannot share the listener on {}: {e}", key.0))?;
                 let (shared, stopped) = (self.shared.clone(), stopped.clone());
+                let workers = self.workers.clone();
                 tasks.push(handle.spawn(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => accept(l, key.1, shared, stopped).await,
+                        Ok(l) => accept(l, key.1, shared, workers, stopped).await,
                         Err(e) => tracing::error!(error = %e, "proxy listener"),
                     }
                 }));
@@ -308,6 +363,7 @@ async fn accept(
     listener: TcpListener,
     tls: bool,
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -333,13 +389,40 @@ async fn accept(
         METRICS.connections.inc();
         METRICS.open_connections.inc();
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let info = ConnInfo::new(client, tls);
-            connection(stream, info, &shared).await;
-            shared.open.fetch_sub(1, Relaxed);
-            METRICS.open_connections.dec();
-        });
+        let here = worker_index();
+        let slot = workers.place(here);
+        let open = Open(shared.clone());
+        let info = ConnInfo::new(client, tls);
+        if slot.worker == here {
+            tokio::spawn(async move {
+                connection(stream, info, &open.0).await;
+                drop(slot);
+            });
+            continue;
+        }
+        // Moved to the other worker's reactor; on failure the guards count it closed.
+        match stream.into_std() {
+            Ok(stream) => {
+                workers.handles[slot.worker].spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => connection(stream, info, &open.0).await,
+                        Err(e) => tracing::warn!(error = %e, "moving a connection to its worker"),
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "moving a connection to its worker"),
+        }
+    }
+}
+
+/// Counts a client connection as open until dropped.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        METRICS.open_connections.dec();
     }
 }
 
