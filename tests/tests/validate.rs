@@ -454,6 +454,8 @@ type = "integer"
 max_length = 3
 [routes.validate.query.params.q]
 pattern = "[a-z]+"
+[routes.inspect]
+mode = "block"
 "#,
         up.addr
     );
@@ -477,6 +479,25 @@ pattern = "[a-z]+"
             &url("/users"),
             &[v, json],
             br#"{"name": "ann", "age": 3}"#,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    // A gzipped body is inflated once, for the schema and the inspection alike.
+    let gzipped = |json: &str| -> &'static [u8] {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(json.as_bytes()).unwrap();
+        Box::leak(e.finish().unwrap().into_boxed_slice())
+    };
+    let gz = ("content-encoding", "gzip");
+    let r = send(
+        &client,
+        request(
+            "POST",
+            &url("/users"),
+            &[v, json, gz],
+            gzipped(r#"{"name": "ann"}"#),
         ),
     )
     .await;
@@ -591,6 +612,25 @@ pattern = "[a-z]+"
                 "{m}"
             );
         }
+    }
+    for (body, status, rule) in [
+        (r#"{"name": 5}"#, 400, "validate:json_schema"),
+        (r#"{"name": "<script>"}"#, 403, "inspect:xss-001"),
+    ] {
+        let r = send(
+            &client,
+            request("POST", &url("/users"), &[v, json, gz], gzipped(body)),
+        )
+        .await;
+        assert_eq!(r.status, status, "{body}: {:?}", r.json);
+        let id = r.json["request_id"].clone();
+        assert!(
+            web::eventually(Duration::from_secs(5), || web::audit_lines(&setup)
+                .iter()
+                .any(|l| l["request_id"] == id && l["rule"] == rule))
+            .await,
+            "{body}: no audit line with {rule}"
+        );
     }
     let r = send(
         &client,

@@ -988,14 +988,22 @@ fn check_body(
         return Ok(Admitted::Go(Payload::Empty));
     }
     let s = &route.security;
-    if let Some(v) = s.validator.as_ref().filter(|_| validate) {
-        v.check_body(parts, &bytes)?;
+    let validator = s.validator.as_ref().filter(|_| validate);
+    let inspect = s.inspect.as_ref().filter(|_| inspect);
+    // Inflated once for both, as far as the one that reads further needs.
+    let max = validator
+        .map_or(0, Validator::inflate_max)
+        .max(inspect.map_or(0, RouteInspect::max_body));
+    let decoded = coding::decoded(parts, &bytes, max);
+    if let Some(v) = validator {
+        v.check_decoded(parts, false, decoded.as_deref())?;
     }
-    if let Some(i) = s.inspect.as_ref().filter(|_| inspect) {
-        if let Some(f) = i.body(parts, &bytes) {
+    if let Some(i) = inspect {
+        if let Some(f) = i.body_decoded(parts, decoded.as_deref()) {
             finding(&route.name, i.mode(), f, done)?;
         }
     }
+    drop(decoded);
     Ok(Admitted::Go(Payload::Bytes(bytes)))
 }
 

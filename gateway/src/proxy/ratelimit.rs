@@ -300,10 +300,16 @@ impl Table {
         let shard = &self.shards[(hash >> 32) as usize % SHARDS];
         // A poisoned lock only means another thread panicked mid-update of two integers.
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = map.get(&hash).copied().unwrap_or(0);
-        let (next, decision) = limit.decide(tat, now);
+        if let Some(tat) = map.get_mut(&hash) {
+            let (next, decision) = limit.decide(*tat, now);
+            if let Some(next) = next {
+                *tat = next;
+            }
+            return decision;
+        }
+        let (next, decision) = limit.decide(0, now);
         if let Some(next) = next {
-            if map.len() >= self.per_shard && !map.contains_key(&hash) {
+            if map.len() >= self.per_shard {
                 evict(&mut map, self.per_shard, now);
             }
             map.insert(hash, next);

@@ -462,10 +462,28 @@ impl Validator {
     /// Validates a body read whole against the method's schema. Runs after [`Validator::check_head`]
     /// on the same head.
     pub fn check_body(&self, parts: &Parts, body: &[u8]) -> Result<(), Rejection> {
+        let decoded = super::coding::decoded(parts, body, self.inflate_max());
+        self.check_decoded(parts, body.is_empty(), decoded.as_deref())
+    }
+
+    /// The most bytes of an inflated body that [`Validator::check_decoded`] needs.
+    pub fn inflate_max(&self) -> usize {
+        usize::try_from(self.inflate_max).unwrap_or(usize::MAX)
+    }
+
+    /// [`Validator::check_body`] on a body already decoded by [`super::coding::decoded`], with
+    /// at least [`Validator::inflate_max`] bytes (`None`: a coding that cannot be read).
+    /// `empty`: the body as sent was empty.
+    pub fn check_decoded(
+        &self,
+        parts: &Parts,
+        empty: bool,
+        body: Option<&[u8]>,
+    ) -> Result<(), Rejection> {
         let Some(schema) = self.schema_for(&parts.method) else {
             return Ok(());
         };
-        if body.is_empty() && matches!(self.schemas, Schemas::All(_)) {
+        if empty && matches!(self.schemas, Schemas::All(_)) {
             return Ok(());
         }
         // When the head said there is a body, `check_head` has checked its type; it may not
@@ -474,8 +492,8 @@ impl Validator {
             self.check_type(parts)?;
         }
         // A compressed body is validated as what it inflates to.
-        let max = usize::try_from(self.inflate_max).unwrap_or(usize::MAX);
-        let Some(body) = super::coding::decoded(parts, body, max) else {
+        let max = self.inflate_max();
+        let Some(body) = body else {
             return Err(Rejection::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

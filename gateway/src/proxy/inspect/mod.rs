@@ -556,11 +556,25 @@ impl RouteInspect {
     }
 
     pub fn body(&self, parts: &Parts, body: &[u8]) -> Option<Finding> {
+        body_kind(parts)?;
+        self.body_decoded(
+            parts,
+            crate::proxy::coding::decoded(parts, body, self.max_body).as_deref(),
+        )
+    }
+
+    /// The most bytes of an inflated body that [`RouteInspect::body_decoded`] needs.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// [`RouteInspect::body`] on a body already decoded by [`crate::proxy::coding::decoded`],
+    /// with at least [`RouteInspect::max_body`] bytes (`None`: a coding that cannot be read).
+    pub fn body_decoded(&self, parts: &Parts, inflated: Option<&[u8]>) -> Option<Finding> {
         let kind = body_kind(parts)?;
-        let Some(inflated) = crate::proxy::coding::decoded(parts, body, self.max_body) else {
+        let Some(body) = inflated else {
             return self.on("limit-002").map(|r| Finding::new(r, "body"));
         };
-        let body = &inflated[..];
         let body = if body.len() > self.max_body {
             if self.over_limit == OverLimit::Finding {
                 if let Some(r) = self.on("limit-001") {
@@ -608,11 +622,13 @@ impl RouteInspect {
                     let start = i + 1;
                     let mut end = start;
                     loop {
-                        match body.get(end) {
+                        match memchr::memchr2(b'"', b'\\', body.get(end..).unwrap_or_default()) {
                             None => return whole(),
-                            Some(b'\\') => end += 2,
-                            Some(b'"') => break,
-                            Some(_) => end += 1,
+                            Some(at) if body[end + at] == b'"' => {
+                                end += at;
+                                break;
+                            }
+                            Some(at) => end += at + 2,
                         }
                     }
                     if let Some(r) = self.scan(&body[start..end], Kind::Json, IN_TEXT) {
