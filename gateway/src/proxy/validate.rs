@@ -509,7 +509,7 @@ impl Validator {
                 format!("the request body inflates to more than {max} bytes"),
             ));
         }
-        let doc = Doc::parse(&body).map_err(|e| {
+        let doc = Doc::parse(body).map_err(|e| {
             bad(
                 "validate:json_schema",
                 format!("the body is not valid JSON: {e}"),
