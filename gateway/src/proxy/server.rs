@@ -111,7 +111,12 @@ pub struct Workers {
     handles: Vec<tokio::runtime::Handle>,
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// Client connections open on each worker, and the same as metrics.
+    spread: Arc<Spread>,
+}
+
+/// Client connections open on each worker, as counters and as metrics. Apart from
+/// [`Workers`], whose drop ends the threads: connections hold it.
+struct Spread {
     open: Box<[AtomicUsize]>,
     gauges: Box<[prometheus::IntGauge]>,
 }
@@ -123,14 +128,16 @@ impl Workers {
             handles: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
-            open: (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect(),
-            gauges: (0..n.max(1))
-                .map(|i| {
-                    METRICS
-                        .worker_connections
-                        .with_label_values(&[&i.to_string()])
-                })
-                .collect(),
+            spread: Arc::new(Spread {
+                open: (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+                gauges: (0..n.max(1))
+                    .map(|i| {
+                        METRICS
+                            .worker_connections
+                            .with_label_values(&[&i.to_string()])
+                    })
+                    .collect(),
+            }),
         };
         for i in 0..n.max(1) {
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
@@ -197,26 +204,27 @@ impl Workers {
     /// Every worker accepts on the same sockets, and which one wins a connection is chance:
     /// 30 of 32 connections could land on one core while the other idles. Placed this way,
     /// they are spread evenly whatever the order they come in.
-    fn place(self: &Arc<Self>, here: usize) -> Slot {
+    fn place(&self, here: usize) -> Slot {
+        let open = &self.spread.open;
         let fewest =
             |(i, n): (usize, usize), (j, m): (usize, usize)| if m < n { (j, m) } else { (i, n) };
-        let load = |i: usize| self.open.get(i).map_or(usize::MAX, |n| n.load(Relaxed));
+        let load = |i: usize| open.get(i).map_or(usize::MAX, |n| n.load(Relaxed));
         // Taken only if its count is still the one that made it the choice, so workers
         // placing connections at the same moment do not both pick the same one.
         let worker = loop {
-            let (worker, n) = (0..self.open.len())
+            let (worker, n) = (0..open.len())
                 .map(|i| (i, load(i)))
                 .fold((here, load(here)), fewest);
-            if self.open[worker]
+            if open[worker]
                 .compare_exchange(n, n + 1, Relaxed, Relaxed)
                 .is_ok()
             {
                 break worker;
             }
         };
-        self.gauges[worker].inc();
+        self.spread.gauges[worker].inc();
         Slot {
-            workers: self.clone(),
+            spread: self.spread.clone(),
             worker,
         }
     }
@@ -224,14 +232,14 @@ impl Workers {
 
 /// A connection's place on a worker; see [`Workers::place`].
 struct Slot {
-    workers: Arc<Workers>,
+    spread: Arc<Spread>,
     worker: usize,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.workers.open[self.worker].fetch_sub(1, Relaxed);
-        self.workers.gauges[self.worker].dec();
+        self.spread.open[self.worker].fetch_sub(1, Relaxed);
+        self.spread.gauges[self.worker].dec();
     }
 }
 
