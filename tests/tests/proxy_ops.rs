@@ -223,6 +223,54 @@ async fn connections_are_spread_evenly_over_the_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_what_is_still_open_at_its_deadline() {
+    let up = Upstream::start("up").await;
+    let port = free_port();
+    let setup = Setup::new();
+    let rest = format!(
+        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
+        up.addr
+    );
+    let keys = "workers = 2\nshutdown_timeout = \"1s\"\nheader_read_timeout = \"60s\"\n";
+    let config = web::write_config(&setup, port, keys, &rest);
+    let metrics = web::with_metrics(&config);
+    let daemon = Daemon::start_local(&setup, &config);
+    // Heads that never end, on both workers (some handed over by the one that accepted them).
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        open.push(s);
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    let per_worker = |m: &str| {
+        [0, 1].map(|w| web::metric(m, &format!("gateway_worker_connections{{worker=\"{w}\"}}")))
+    };
+    let mut m = web::scrape(metrics).await;
+    while per_worker(&m) != [Some(2.0), Some(2.0)] && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = web::scrape(metrics).await;
+    }
+    assert_eq!(per_worker(&m), [Some(2.0), Some(2.0)], "{m}");
+    let asked = Instant::now();
+    let status = tokio::task::spawn_blocking(move || daemon.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "stopping took {:?} with a 1 s deadline",
+        asked.elapsed()
+    );
+    for mut s in open {
+        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+        assert!(closed, "a connection outlived the daemon");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_requests_finish_and_refuses_new_ones() {
     let up = Upstream::start("up").await;
     let port = free_port();
