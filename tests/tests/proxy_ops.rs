@@ -44,16 +44,42 @@ fn status_of(response: &str) -> Option<u16> {
     response.split(' ').nth(1)?.parse().ok()
 }
 
+/// Config after `[proxy]`: the upstream `up` and one route to it for every request.
+fn one_route(up: &Upstream) -> String {
+    format!(
+        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
+        up.addr
+    )
+}
+
+/// `gateway_worker_connections` of workers 0 and 1 in a scrape.
+fn per_worker(metrics: &str) -> [Option<f64>; 2] {
+    [0, 1].map(|w| {
+        web::metric(
+            metrics,
+            &format!("gateway_worker_connections{{worker=\"{w}\"}}"),
+        )
+    })
+}
+
+/// Scrapes `metrics` until the workers' connections are `want`, for up to 5 s; the last scrape.
+async fn scrape_until_workers(metrics: std::net::SocketAddr, want: [f64; 2]) -> String {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut m = web::scrape(metrics).await;
+    while per_worker(&m) != want.map(Some) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = web::scrape(metrics).await;
+    }
+    m
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_limits_are_enforced() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let setup = Setup::new();
     let limits = "max_connections = 3\nmax_header_bytes = 8192\nmax_headers = 20\nmax_body_bytes = 1000\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
-    let rest = format!(
-        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
-        up.addr
-    );
+    let rest = one_route(&up);
     let config = web::write_config(&setup, port, limits, &rest);
     let daemon = Daemon::start_local(&setup, &config);
     let ok_request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -165,18 +191,10 @@ async fn connections_are_spread_evenly_over_the_workers() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let setup = Setup::new();
-    let rest = format!(
-        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
-        up.addr
-    );
+    let rest = one_route(&up);
     let config = web::write_config(&setup, port, "workers = 2\n", &rest);
     let metrics = web::with_metrics(&config);
     let daemon = Daemon::start_local(&setup, &config);
-    let per_worker = |m: &str| {
-        [0, 1].map(|w| {
-            web::metric(m, &format!("gateway_worker_connections{{worker=\"{w}\"}}")).unwrap_or(-1.0)
-        })
-    };
     // Opened at once, as a load generator does: whichever worker wins each accept, the
     // connections end up four and four (each answered once, so each is surely placed).
     let tasks: Vec<_> = (0..8)
@@ -201,22 +219,17 @@ async fn connections_are_spread_evenly_over_the_workers() {
         opened.push(t.await.unwrap());
     }
     let m = web::scrape(metrics).await;
-    assert_eq!(per_worker(&m), [4.0, 4.0], "{m}");
+    assert_eq!(per_worker(&m), [Some(4.0), Some(4.0)], "{m}");
     assert_eq!(
         web::metric(&m, "gateway_open_connections"),
         Some(8.0),
         "{m}"
     );
     drop(opened);
-    let until = Instant::now() + Duration::from_secs(5);
-    let mut m = web::scrape(metrics).await;
-    while per_worker(&m) != [0.0, 0.0] && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        m = web::scrape(metrics).await;
-    }
+    let m = scrape_until_workers(metrics, [0.0, 0.0]).await;
     assert_eq!(
         per_worker(&m),
-        [0.0, 0.0],
+        [Some(0.0), Some(0.0)],
         "closed connections still counted: {m}"
     );
     assert!(daemon.stop().success());
@@ -227,10 +240,7 @@ async fn shutdown_cuts_what_is_still_open_at_its_deadline() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let setup = Setup::new();
-    let rest = format!(
-        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
-        up.addr
-    );
+    let rest = one_route(&up);
     let keys = "workers = 2\nshutdown_timeout = \"1s\"\nheader_read_timeout = \"60s\"\n";
     let config = web::write_config(&setup, port, keys, &rest);
     let metrics = web::with_metrics(&config);
@@ -244,15 +254,7 @@ async fn shutdown_cuts_what_is_still_open_at_its_deadline() {
             .unwrap();
         open.push(s);
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    let per_worker = |m: &str| {
-        [0, 1].map(|w| web::metric(m, &format!("gateway_worker_connections{{worker=\"{w}\"}}")))
-    };
-    let mut m = web::scrape(metrics).await;
-    while per_worker(&m) != [Some(2.0), Some(2.0)] && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        m = web::scrape(metrics).await;
-    }
+    let m = scrape_until_workers(metrics, [2.0, 2.0]).await;
     assert_eq!(per_worker(&m), [Some(2.0), Some(2.0)], "{m}");
     let asked = Instant::now();
     let status = tokio::task::spawn_blocking(move || daemon.stop())
@@ -275,10 +277,7 @@ async fn shutdown_lets_requests_finish_and_refuses_new_ones() {
     let up = Upstream::start("up").await;
     let port = free_port();
     let setup = Setup::new();
-    let rest = format!(
-        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
-        up.addr
-    );
+    let rest = one_route(&up);
     let config = web::write_config(&setup, port, "shutdown_timeout = \"10s\"\n", &rest);
     let daemon = Daemon::start_local(&setup, &config);
     let client = http1();
@@ -308,10 +307,7 @@ async fn shutdown_lets_requests_finish_and_refuses_new_ones() {
 async fn a_second_daemon_on_the_same_state_dir_is_refused() {
     let up = Upstream::start("up").await;
     let setup = Setup::new();
-    let rest = format!(
-        "[upstreams.up]\ntargets = [\"{}\"]\n[[routes]]\nupstream = \"up\"\n",
-        up.addr
-    );
+    let rest = one_route(&up);
     let config = web::write_config(&setup, free_port(), "", &rest);
     let first = Daemon::start_local(&setup, &config);
     // Same state directory (and admin socket), another listener.

@@ -587,6 +587,27 @@ mode = "block"
             413,
             "body:size",
         ),
+        // Gzipped, seen inflated by the schema and by the inspection.
+        (
+            request(
+                "POST",
+                &url("/users"),
+                &[v, json, gz],
+                gzipped(r#"{"name": 5, "extra": true}"#),
+            ),
+            400,
+            "validate:json_schema",
+        ),
+        (
+            request(
+                "POST",
+                &url("/users"),
+                &[v, json, gz],
+                gzipped(r#"{"name": "<script>"}"#),
+            ),
+            403,
+            "inspect:xss-001",
+        ),
     ];
     for (req, status, rule) in cases {
         let what = format!("{} {}", req.method(), req.uri());
@@ -612,25 +633,6 @@ mode = "block"
                 "{m}"
             );
         }
-    }
-    for (body, status, rule) in [
-        (r#"{"name": 5}"#, 400, "validate:json_schema"),
-        (r#"{"name": "<script>"}"#, 403, "inspect:xss-001"),
-    ] {
-        let r = send(
-            &client,
-            request("POST", &url("/users"), &[v, json, gz], gzipped(body)),
-        )
-        .await;
-        assert_eq!(r.status, status, "{body}: {:?}", r.json);
-        let id = r.json["request_id"].clone();
-        assert!(
-            web::eventually(Duration::from_secs(5), || web::audit_lines(&setup)
-                .iter()
-                .any(|l| l["request_id"] == id && l["rule"] == rule))
-            .await,
-            "{body}: no audit line with {rule}"
-        );
     }
     let r = send(
         &client,

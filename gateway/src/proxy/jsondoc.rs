@@ -237,11 +237,11 @@ impl<'a> Node<'a, Borrowed> for &'a Doc<'a> {
             return None;
         };
         // A code point takes one to four bytes: the byte count often decides alone.
-        let bytes = s.len() as u64;
-        if bytes < min || bytes.div_ceil(4) > max {
+        let (bytes, fewest) = (s.len() as u64, (s.len() as u64).div_ceil(4));
+        if bytes < min || fewest > max {
             return Some(false);
         }
-        if min <= bytes.div_ceil(4) && bytes <= max {
+        if min <= fewest && bytes <= max {
             return Some(true);
         }
         Some((min..=max).contains(&(s.chars().count() as u64)))

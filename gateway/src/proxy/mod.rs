@@ -996,7 +996,7 @@ fn check_body(
         .max(inspect.map_or(0, RouteInspect::max_body));
     let decoded = coding::decoded(parts, &bytes, max);
     if let Some(v) = validator {
-        v.check_decoded(parts, false, decoded.as_deref())?;
+        v.check_decoded(parts, decoded.as_deref())?;
     }
     if let Some(i) = inspect {
         if let Some(f) = i.body_decoded(parts, decoded.as_deref()) {

@@ -206,15 +206,13 @@ impl Workers {
     /// they are spread evenly whatever the order they come in.
     fn place(&self, here: usize) -> Slot {
         let open = &self.spread.open;
-        let fewest =
-            |(i, n): (usize, usize), (j, m): (usize, usize)| if m < n { (j, m) } else { (i, n) };
-        let load = |i: usize| open.get(i).map_or(usize::MAX, |n| n.load(Relaxed));
         // Taken only if its count is still the one that made it the choice, so workers
         // placing connections at the same moment do not both pick the same one.
         let worker = loop {
             let (worker, n) = (0..open.len())
-                .map(|i| (i, load(i)))
-                .fold((here, load(here)), fewest);
+                .map(|i| (i, open[i].load(Relaxed)))
+                .min_by_key(|&(i, n)| (n, i != here))
+                .expect("at least one worker");
             if open[worker]
                 .compare_exchange(n, n + 1, Relaxed, Relaxed)
                 .is_ok()

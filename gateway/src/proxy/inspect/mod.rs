@@ -180,9 +180,11 @@ pub struct Inspector {
 /// values. Such a text is what it normalises to (lower-cased), has no SQL comment and no
 /// shell expansion, so its views are itself, and no NUL byte.
 fn plain(raw: &[u8]) -> bool {
-    raw.iter().fold(true, |ok, &b| {
-        ok & (b.is_ascii_alphanumeric() | (b == b'_'))
-    })
+    raw.iter().fold(true, |ok, &b| ok & plain_byte(b))
+}
+
+fn plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() | (b == b'_')
 }
 
 /// The length of the shortest match of the pattern `hir` made of [`plain`] bytes only;
@@ -190,16 +192,20 @@ fn plain(raw: &[u8]) -> bool {
 /// satisfied, so the answer may be short of the truth, never beyond it.
 fn shortest_plain(hir: &regex_syntax::hir::Hir) -> usize {
     use regex_syntax::hir::{Class, HirKind};
-    let byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let none = usize::MAX;
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => 0,
-        HirKind::Literal(l) if l.0.iter().all(|&b| byte(b)) => l.0.len(),
+        HirKind::Literal(l) if l.0.iter().all(|&b| plain_byte(b)) => l.0.len(),
         HirKind::Literal(_) => none,
-        HirKind::Class(Class::Bytes(c)) if c.iter().any(|r| (r.start()..=r.end()).any(byte)) => 1,
+        HirKind::Class(Class::Bytes(c))
+            if c.iter().any(|r| (r.start()..=r.end()).any(plain_byte)) =>
+        {
+            1
+        }
         HirKind::Class(Class::Unicode(c))
-            if c.iter()
-                .any(|r| (r.start()..=r.end()).any(|ch| u8::try_from(ch).is_ok_and(byte))) =>
+            if c.iter().any(|r| {
+                (r.start()..=r.end()).any(|ch| u8::try_from(ch).is_ok_and(plain_byte))
+            }) =>
         {
             1
         }
@@ -555,12 +561,11 @@ impl RouteInspect {
         body_kind(parts).is_some()
     }
 
+    /// [`RouteInspect::body_decoded`] on a body as sent.
+    #[cfg(test)]
     pub fn body(&self, parts: &Parts, body: &[u8]) -> Option<Finding> {
-        body_kind(parts)?;
-        self.body_decoded(
-            parts,
-            crate::proxy::coding::decoded(parts, body, self.max_body).as_deref(),
-        )
+        let decoded = crate::proxy::coding::decoded(parts, body, self.max_body);
+        self.body_decoded(parts, decoded.as_deref())
     }
 
     /// The most bytes of an inflated body that [`RouteInspect::body_decoded`] needs.
@@ -568,8 +573,8 @@ impl RouteInspect {
         self.max_body
     }
 
-    /// [`RouteInspect::body`] on a body already decoded by [`crate::proxy::coding::decoded`],
-    /// with at least [`RouteInspect::max_body`] bytes (`None`: a coding that cannot be read).
+    /// A body read whole, as [`crate::proxy::coding::decoded`] made it, with at least
+    /// [`RouteInspect::max_body`] bytes (`None`: a coding that cannot be read).
     pub fn body_decoded(&self, parts: &Parts, inflated: Option<&[u8]>) -> Option<Finding> {
         let kind = body_kind(parts)?;
         let Some(body) = inflated else {
