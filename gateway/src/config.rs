@@ -63,6 +63,9 @@ pub struct ProxyConfig {
     pub timeout: Duration,
     /// Threads serving client connections; 0 (the default): one per CPU.
     pub workers: u32,
+    /// Each worker thread bound to its own CPU (worker i to the i-th CPU the process may run
+    /// on), when there are no more workers than such CPUs. On by default.
+    pub pin_workers: bool,
     /// Client connections open at once; one more is closed at accept.
     pub max_connections: u32,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
@@ -98,6 +101,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             workers: 0,
+            pin_workers: true,
             max_connections: 10_000,
             max_header_bytes: 16 << 10,
             max_headers: 100,

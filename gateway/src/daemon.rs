@@ -489,8 +489,10 @@ impl Reloader {
             if old.state != config.state || old.admin != config.admin || old.log != config.log {
                 notes.push("changes to [state], [admin] and [log] take effect at restart".into());
             }
-            if old.proxy.workers != config.proxy.workers {
-                notes.push("proxy.workers takes effect at restart".into());
+            if old.proxy.workers != config.proxy.workers
+                || old.proxy.pin_workers != config.proxy.pin_workers
+            {
+                notes.push("proxy.workers and proxy.pin_workers take effect at restart".into());
             }
             core.config.autoban = config.autoban.clone();
         }
@@ -670,7 +672,10 @@ async fn serve(config: Config, config_path: PathBuf) -> Result<(), String> {
     HUB.sync(&core.lists);
     let (ban_tx, ban_rx) = tokio::sync::mpsc::channel(autoban::QUEUE);
     HUB.configure(&config, ban_tx.clone());
-    let workers = Arc::new(Workers::start(config.proxy.workers())?);
+    let workers = Arc::new(Workers::start(
+        config.proxy.workers(),
+        config.proxy.pin_workers,
+    )?);
     let shared = Shared::new(Proxy::new(&config, audit.clone(), workers.len(), None)?);
     shared.proxy.load().publish(None);
     let mut listeners = Listeners::new(shared.clone(), workers.clone());

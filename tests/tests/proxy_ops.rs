@@ -235,6 +235,67 @@ async fn connections_are_spread_evenly_over_the_workers() {
     assert!(daemon.stop().success());
 }
 
+/// The CPUs in a `Cpus_allowed_list` line of /proc/.../status (`0-2,5`).
+fn cpu_list(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("a Cpus_allowed_list line")
+        .trim();
+    list.split(',')
+        .flat_map(|part| match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>().unwrap()..=b.parse().unwrap()).collect(),
+            None => vec![part.parse::<usize>().unwrap()],
+        })
+        .collect()
+}
+
+/// The CPUs each `proxy-N` thread of `pid` may run on, by N.
+fn worker_cpus(pid: libc::pid_t) -> Vec<Vec<usize>> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if let Some(n) = comm.trim().strip_prefix("proxy-") {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            found.push((n.parse::<usize>().unwrap(), cpu_list(&status)));
+        }
+    }
+    found.sort();
+    found.into_iter().map(|(_, cpus)| cpus).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_bound_each_to_its_own_cpu() {
+    let up = Upstream::start("up").await;
+    let mine = cpu_list(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let n = mine.len().min(4);
+    // (`proxy` lines, each worker's CPUs when bound)
+    let cases = [
+        (format!("workers = {n}\n"), true),
+        (format!("workers = {n}\npin_workers = false\n"), false),
+        // More workers than CPUs: left to the kernel.
+        (format!("workers = {}\n", mine.len() + 1), false),
+    ];
+    for (proxy, bound) in cases {
+        let port = free_port();
+        let setup = Setup::new();
+        let config = web::write_config(&setup, port, &proxy, &one_route(&up));
+        let daemon = Daemon::start_local(&setup, &config);
+        let cpus = worker_cpus(daemon.pid());
+        let want: Vec<Vec<usize>> = (0..cpus.len())
+            .map(|i| if bound { vec![mine[i]] } else { mine.clone() })
+            .collect();
+        assert_eq!(cpus, want, "{proxy}");
+        assert!(cpus.len() >= n, "{proxy}: {cpus:?}");
+        // And they serve.
+        let client = http1();
+        let r = send(&client, get(&format!("http://127.0.0.1:{port}/"), "x", &[])).await;
+        assert_eq!(r.status, 200, "{proxy}");
+        assert!(daemon.stop().success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_what_is_still_open_at_its_deadline() {
     let up = Upstream::start("up").await;

@@ -122,8 +122,10 @@ struct Spread {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least one).
-    pub fn start(n: usize) -> Result<Workers, String> {
+    /// Starts `n` workers (at least one), bound each to its own CPU when `pin` says so and
+    /// there are enough CPUs (see [`cpus_for`]).
+    pub fn start(n: usize, pin: bool) -> Result<Workers, String> {
+        let cpus = if pin { cpus_for(n.max(1)) } else { None };
         let mut workers = Workers {
             handles: Vec::new(),
             stops: Vec::new(),
@@ -142,10 +144,24 @@ impl Workers {
         for i in 0..n.max(1) {
             let (handle_tx, handle_rx) = std::sync::mpsc::channel();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let cpu = cpus.as_ref().map(|c| c[i]);
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
                     WORKER.with(|w| w.set(i));
+                    if let Some(cpu) = cpu {
+                        match bind_to_cpu(cpu) {
+                            Ok(()) => {
+                                tracing::debug!(worker = i, cpu, "proxy worker bound to its CPU")
+                            }
+                            Err(e) => tracing::warn!(
+                                worker = i,
+                                cpu,
+                                error = %e,
+                                "cannot bind the proxy worker to its CPU; the kernel places it"
+                            ),
+                        }
+                    }
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -225,6 +241,57 @@ impl Workers {
             spread: self.spread.clone(),
             worker,
         }
+    }
+}
+
+/// The CPU for each of `n` workers: the CPUs this process may run on, in order, when there are
+/// at least `n` of them; `None` (workers left to the kernel) otherwise.
+///
+/// With as many workers as cores and the load generator, the upstream or anything else also
+/// running, the kernel now and then lets two workers share a core while another waits for a
+/// load-balancing pass: a request caught there waits a scheduler tick (4 ms) or more. A worker
+/// that owns its core does not (nginx's `worker_cpu_affinity auto`, HAProxy's `cpu-map`).
+fn cpus_for(n: usize) -> Option<Vec<usize>> {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set, and the kernel writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is this thread, whose mask the process's threads inherit.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot read the CPUs this process may use; proxy workers are not bound to CPUs"
+        );
+        return None;
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below the set's size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.len() < n {
+        tracing::info!(
+            workers = n,
+            cpus = cpus.len(),
+            "more proxy workers than CPUs: they are not bound to CPUs"
+        );
+        return None;
+    }
+    Some(cpus)
+}
+
+/// Binds the calling thread to `cpu`.
+fn bind_to_cpu(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: a zeroed `cpu_set_t` is an empty set, and `cpu` is below its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set is initialised and its size is passed; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
