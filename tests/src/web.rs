@@ -243,7 +243,7 @@ impl hyper::body::Body for Stall {
 type AnswerBody = http_body_util::Either<Full<Bytes>, Stall>;
 
 /// The answer: a JSON echo of the request; `x-test-stall` (any value) makes it one chunk of
-/// a body that never ends.
+/// a body that never ends; see `echo` for the other `x-test-*` fields.
 async fn answer(
     name: &str,
     req: Request<Incoming>,
@@ -290,6 +290,16 @@ async fn echo(
             })
             .or_insert_with(|| v.to_string());
     }
+    // `x-test-respond-header: NAME: VALUE` (repeatable): fields the answer carries.
+    let respond_with: Vec<(String, String)> = req
+        .headers()
+        .get_all("x-test-respond-header")
+        .iter()
+        .filter_map(|v| {
+            let (n, v) = v.to_str().ok()?.split_once(':')?;
+            Some((n.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
     let version = format!("{:?}", req.version());
@@ -326,6 +336,12 @@ async fn echo(
     response
         .headers_mut()
         .insert("x-powered-by", "PHP/5.2".parse().unwrap());
+    for (n, v) in respond_with {
+        response.headers_mut().append(
+            hyper::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
     Ok(response)
 }
 

@@ -180,6 +180,40 @@ remove = []
     assert_eq!(r.headers["x-frame-options"], "SAMEORIGIN");
     assert_eq!(r.headers["server"], "test-upstream/1.0");
     assert!(!r.headers.contains_key("content-security-policy"));
+    // The gateway's fields replace the upstream's under the same names, the request id
+    // included: one of each, the gateway's. (The HTTP/1.1 fast path writes them as it writes
+    // the head; the route with CORS has them put in the header map.)
+    for path in ["/own", "/app/x"] {
+        let r = send(
+            &client,
+            get(
+                &url(path),
+                "x",
+                &[
+                    ("x-test-respond-header", "x-frame-options: ALLOWALL"),
+                    ("x-test-respond-header", "X-Frame-Options: ALLOW-FROM x"),
+                    ("x-test-respond-header", "x-request-id: made-upstream"),
+                    ("x-test-respond-header", "referrer-policy: unsafe-url"),
+                    ("x-test-respond-header", "x-kept: 1"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}");
+        let all = |n: &str| -> Vec<&str> {
+            r.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        let frame = if path == "/own" { "SAMEORIGIN" } else { "DENY" };
+        assert_eq!(all("x-frame-options"), [frame], "{path}");
+        assert_eq!(all("referrer-policy"), ["no-referrer"], "{path}");
+        assert_eq!(all("x-kept"), ["1"], "{path}");
+        let sent = r.json["headers"]["x-request-id"].as_str().unwrap();
+        assert_eq!(all("x-request-id"), [sent], "{path}");
+    }
 
     // A preflight is answered by the gateway, without reaching the upstream.
     let served = up.served();

@@ -70,6 +70,17 @@ pub struct SecurityHeaders {
     hsts: Option<HeaderValue>,
     set: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
+    /// `set` as `name: value` lines, and the HSTS line: what [`SecurityHeaders::write`] writes.
+    lines: Vec<u8>,
+    hsts_line: Vec<u8>,
+}
+
+/// `name: value\r\n`.
+fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 impl SecurityHeaders {
@@ -83,15 +94,42 @@ impl SecurityHeaders {
         ]
         .into_iter()
         .filter_map(|(n, v)| Some((n, value(v)?)))
-        .collect();
+        .collect::<Vec<_>>();
+        let hsts = value(&c.strict_transport_security);
+        let mut lines = Vec::new();
+        for (n, v) in &set {
+            line(&mut lines, n, v);
+        }
+        let mut hsts_line = Vec::new();
+        if let Some(v) = &hsts {
+            line(&mut hsts_line, &header::STRICT_TRANSPORT_SECURITY, v);
+        }
         SecurityHeaders {
-            hsts: value(&c.strict_transport_security),
+            hsts,
             set,
+            lines,
+            hsts_line,
             remove: c
                 .remove
                 .iter()
                 .map(|n| HeaderName::from_bytes(n.as_bytes()).expect("validated"))
                 .collect(),
+        }
+    }
+
+    /// Whether [`SecurityHeaders::apply`] would remove or replace a field under `name`.
+    pub fn replaces(&self, name: &HeaderName, tls: bool) -> bool {
+        self.remove.contains(name)
+            || self.set.iter().any(|(n, _)| n == name)
+            || (tls && self.hsts.is_some() && name == header::STRICT_TRANSPORT_SECURITY)
+    }
+
+    /// Writes the fields [`SecurityHeaders::apply`] sets, as `name: value` lines: with
+    /// [`SecurityHeaders::replaces`] to leave out the response's own, the same head.
+    pub fn write(&self, out: &mut Vec<u8>, tls: bool) {
+        out.extend_from_slice(&self.lines);
+        if tls {
+            out.extend_from_slice(&self.hsts_line);
         }
     }
 
@@ -348,6 +386,76 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields of a head, as `name: value` lines in order.
+    fn lines(text: &[u8]) -> Vec<String> {
+        String::from_utf8(text.to_vec())
+            .unwrap()
+            .split("\r\n")
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Writing the head with `replaces` and `write` gives the fields `apply` leaves in the map.
+    #[test]
+    fn written_security_headers_are_the_applied_ones() {
+        let mut with_all = SecurityHeadersConfig {
+            content_security_policy: "default-src 'none'".into(),
+            strict_transport_security: "max-age=600".into(),
+            ..SecurityHeadersConfig::default()
+        };
+        with_all.remove.push("x-custom-leak".into());
+        let configs = [
+            SecurityHeadersConfig::default(),
+            with_all,
+            SecurityHeadersConfig {
+                x_frame_options: String::new(),
+                remove: Vec::new(),
+                ..SecurityHeadersConfig::default()
+            },
+        ];
+        let upstream: &[(&str, &str)] = &[
+            ("content-type", "text/plain"),
+            ("server", "nginx"),
+            ("x-frame-options", "ALLOWALL"),
+            ("X-Frame-Options", "SAMEORIGIN"),
+            ("x-powered-by", "PHP"),
+            ("strict-transport-security", "max-age=1"),
+            ("x-custom-leak", "1"),
+            ("referrer-policy", "unsafe-url"),
+            ("x-kept", "a"),
+            ("x-kept", "b"),
+        ];
+        for config in &configs {
+            let headers = SecurityHeaders::new(config);
+            for tls in [false, true] {
+                let mut map = HeaderMap::new();
+                for (n, v) in upstream {
+                    map.append(
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        HeaderValue::from_static(v),
+                    );
+                }
+                let mut written = Vec::new();
+                for (n, v) in &map {
+                    if !headers.replaces(n, tls) {
+                        line(&mut written, n, v);
+                    }
+                }
+                headers.write(&mut written, tls);
+                headers.apply(&mut map, tls);
+                let mut applied = Vec::new();
+                for (n, v) in &map {
+                    line(&mut applied, n, v);
+                }
+                let (mut written, mut applied) = (lines(&written), lines(&applied));
+                written.sort();
+                applied.sort();
+                assert_eq!(written, applied, "tls {tls}, {:?}", config.remove);
+            }
+        }
+    }
 
     fn request(method: Method, headers: &[(&str, &str)]) -> Parts {
         let mut b = hyper::Request::builder().method(method).uri("/x");

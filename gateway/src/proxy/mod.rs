@@ -298,7 +298,8 @@ enum Action {
 
 /// Request ids: a random per-process prefix and a counter, unique without a syscall.
 struct RequestIds {
-    prefix: u64,
+    /// A random per-generator prefix, in hex.
+    prefix_hex: [u8; 16],
     counter: AtomicU64,
     /// Which generator this is, never reused in the process (unlike its address).
     serial: u64,
@@ -306,14 +307,15 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> RequestIds {
+        // Ids only need to be unique, not secret: the time will do if getrandom fails.
+        let prefix = crate::xdp::random_seed().unwrap_or_else(|_| {
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default()
+        });
         RequestIds {
-            // Ids only need to be unique, not secret: the time will do if getrandom fails.
-            prefix: crate::xdp::random_seed().unwrap_or_else(|_| {
-                SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or_default()
-            }),
+            prefix_hex: hex16(prefix),
             counter: AtomicU64::new(0),
             serial: {
                 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -340,12 +342,8 @@ impl RequestIds {
             next
         });
         let mut out = [0u8; 32];
-        for (i, word) in [self.prefix, n].into_iter().enumerate() {
-            for j in 0..16 {
-                let nibble = (word >> (60 - 4 * j)) & 0xf;
-                out[i * 16 + j] = b"0123456789abcdef"[nibble as usize];
-            }
-        }
+        out[..16].copy_from_slice(&self.prefix_hex);
+        out[16..].copy_from_slice(&hex16(n));
         thread_local! {
             /// Room for the thread's next ids: each is cut off the front, sharing one
             /// reference-counted allocation, so an id costs no allocation of its own and its
@@ -360,8 +358,20 @@ impl RequestIds {
             slab.extend_from_slice(&out);
             slab.split().freeze()
         });
-        HeaderValue::from_maybe_shared(bytes).expect("hex digits are a valid header value")
+        debug_assert!(HeaderValue::from_bytes(&bytes).is_ok());
+        // SAFETY: hex digits are valid in a header value.
+        unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
     }
+}
+
+/// `n` as 16 lower-case hex digits.
+fn hex16(n: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, byte) in n.to_be_bytes().into_iter().enumerate() {
+        out[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        out[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
+    }
+    out
 }
 
 /// A request id the client sent is kept when it is 1 to 128 characters of letters, digits and
@@ -484,6 +494,26 @@ impl Proxy {
 
     /// Handles one request.
     pub async fn handle(&self, req: Request<RequestBody>, conn: ConnInfo) -> Response<Tracked> {
+        self.handle_with(req, conn, false).await.0
+    }
+
+    /// Handles one request for a caller that writes the response head itself: the security
+    /// headers and the request id are left out of the response's header map when they can be,
+    /// for the caller to write ([`Finishing::replaces`], [`Finishing::write`]).
+    pub async fn handle_deferred(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+    ) -> (Response<Tracked>, Option<Finishing<'_>>) {
+        self.handle_with(req, conn, true).await
+    }
+
+    async fn handle_with(
+        &self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+        defer: bool,
+    ) -> (Response<Tracked>, Option<Finishing<'_>>) {
         let started = Instant::now();
         let id_value = match req.headers().get(REQUEST_ID) {
             Some(v) if valid_request_id(v) => v.clone(),
@@ -558,8 +588,11 @@ impl Proxy {
                     &mut done,
                 ),
             };
-            self.headers.apply(response.headers_mut(), conn.tls);
-            return self.finish(response, id_value, done);
+            let deferred = defer.then_some(self.headers.as_ref());
+            if deferred.is_none() {
+                self.headers.apply(response.headers_mut(), conn.tls);
+            }
+            return self.finish(response, id_value, done, deferred, conn.tls);
         };
         let (mut parts, body) = req.into_parts();
         let origin = route
@@ -622,9 +655,7 @@ impl Proxy {
                         id,
                         id_value: &id_value,
                     };
-                    // Boxed: the forwarding state is large, and moving it costs more than a
-                    // heap allocation.
-                    Box::pin(self.forward(parts, body, fwd, &mut done)).await
+                    self.forward(parts, body, fwd, &mut done).await
                 }
             },
         };
@@ -632,27 +663,43 @@ impl Proxy {
         if let Some(c) = &closest {
             route.security.limits.headers(c, headers);
         }
-        route.security.headers.apply(headers, conn.tls);
-        if let Some(cors) = route.security.cors.as_ref().filter(|_| !preflight) {
+        let cors = route.security.cors.as_ref().filter(|_| !preflight);
+        // Deferred only without CORS fields, which come after the security headers (whose
+        // `remove` list then does not apply to them).
+        let deferred = (defer && cors.is_none()).then_some(route.security.headers.as_ref());
+        if deferred.is_none() {
+            route.security.headers.apply(headers, conn.tls);
+        }
+        if let Some(cors) = cors {
             cors.apply(origin.as_ref(), headers);
         }
-        self.finish(response, id_value, done)
+        self.finish(response, id_value, done, deferred, conn.tls)
     }
 
-    /// Sets the request id and wraps the body so the request is accounted for when it ends.
-    fn finish(
+    /// Sets the request id (or, with `deferred`, leaves it and those security headers to the
+    /// caller) and wraps the body so the request is accounted for when it ends.
+    fn finish<'a>(
         &self,
         mut response: Response<Body>,
         id: HeaderValue,
         mut done: Done,
-    ) -> Response<Tracked> {
-        response.headers_mut().insert(REQUEST_ID, id);
+        deferred: Option<&'a SecurityHeaders>,
+        tls: bool,
+    ) -> (Response<Tracked>, Option<Finishing<'a>>) {
+        let finishing = match deferred {
+            Some(headers) => Some(Finishing { headers, tls, id }),
+            None => {
+                response.headers_mut().insert(REQUEST_ID, id);
+                None
+            }
+        };
         done.status = response.status().as_u16();
         // Not boxed again: the response's body is already a box.
-        response.map(|inner| Tracked {
+        let response = response.map(|inner| Tracked {
             inner,
             done: Some(done),
-        })
+        });
+        (response, finishing)
     }
 
     /// Runs the route's security phases (see the module documentation for the order).
@@ -914,14 +961,16 @@ impl Proxy {
                             Outcome::Success
                         },
                     );
-                    let (mut parts, body) = response.into_parts();
-                    remove_hop_by_hop(&mut parts.headers);
+                    let (mut head, body) = response.into_parts();
+                    remove_hop_by_hop(&mut head.headers);
                     done.in_flight = Some(guard);
-                    let response = Response::from_parts(parts, body);
+                    let response = Response::from_parts(head, body);
                     if bad && idempotent && may_retry {
                         failed = Some(response);
                         continue;
                     }
+                    // The request's header map serves the worker's next message.
+                    h1::recycle(std::mem::take(&mut parts.headers));
                     return response;
                 }
                 Err(Failure::Request(message)) => {
@@ -1194,6 +1243,36 @@ impl Drop for Done {
     }
 }
 
+/// What [`Proxy::handle_deferred`] left for the writer of the response head: the security
+/// headers, which replace any the response has under the same names (and remove those they
+/// remove), and the request id.
+pub struct Finishing<'a> {
+    headers: &'a SecurityHeaders,
+    tls: bool,
+    id: HeaderValue,
+}
+
+impl Finishing<'_> {
+    /// Whether a field of the response under `name` is left out: replaced or removed.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        *name == REQUEST_ID || self.headers.replaces(name, self.tls)
+    }
+
+    /// Writes the fields, as `name: value` lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        self.headers.write(out, self.tls);
+        h1::put(
+            out,
+            &[
+                REQUEST_ID.as_str().as_bytes(),
+                b": ",
+                self.id.as_bytes(),
+                b"\r\n",
+            ],
+        );
+    }
+}
+
 /// The response body, counted; the request is accounted for when it ends or is dropped.
 pub struct Tracked {
     inner: Body,
@@ -1364,8 +1443,23 @@ fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
         Some(a) => lower(a.host()),
         None => {
             let h = req.headers().get(header::HOST)?.as_bytes();
+            // Most requests on a thread name the host the one before named: that one's value
+            // is shared rather than made again.
+            thread_local! {
+                static LAST: std::cell::RefCell<Option<(Box<[u8]>, HeaderValue)>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            if let Some(value) = LAST.with(|last| {
+                let last = last.borrow();
+                let (raw, value) = last.as_ref()?;
+                (**raw == *h).then(|| value.clone())
+            }) {
+                return Some(value);
+            }
             if let Some(host) = plain_host(h) {
-                return lower(host);
+                let value = lower(host)?;
+                LAST.with(|last| *last.borrow_mut() = Some((h.into(), value.clone())));
+                return Some(value);
             }
             let h = std::str::from_utf8(h).ok()?;
             let authority: hyper::http::uri::Authority = h.parse().ok()?;
@@ -1505,7 +1599,8 @@ impl Forwarding {
     }
 }
 
-/// `prior, parts...` (or `parts...` when there is no prior) as a header value.
+/// `prior, parts...` (or `parts...` when there is no prior) as a header value; each piece is
+/// a header value's bytes or printable ASCII, so the whole is a header value.
 fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
     let sep = if prior.is_empty() { 0 } else { 2 };
     let len = prior.len() + sep + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -1518,7 +1613,10 @@ fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
     for part in parts {
         out.extend_from_slice(part);
     }
-    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
+    debug_assert!(HeaderValue::from_bytes(&out).is_ok());
+    // SAFETY: a header value's bytes (HTAB, SP, VCHAR, obs-text) joined with printable ASCII
+    // are all bytes a header value may hold.
+    Some(unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(out)) })
 }
 
 fn full(body: Bytes) -> Body {

@@ -451,13 +451,12 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>,
     };
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (security headers, X-Request-Id).
-    let mut map = HeaderMap::with_capacity(spans.len() + 8);
+    let mut map = super::header_map(spans.len() + 8);
     let mut fields = FramingFields::default();
     for &(name, name_len, value, value_len) in spans.iter() {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| SendError::Protocol("bad header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
-            .map_err(|_| SendError::Protocol("bad header value"))?;
+        let value = super::parsed_value(head.slice(value..value + value_len));
         fields.see(&name, &value);
         map.append(name, value);
     }

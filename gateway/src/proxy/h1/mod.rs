@@ -22,6 +22,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use hyper::header::{HeaderMap, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A stream with bytes already read from it put back in front.
@@ -253,6 +254,50 @@ pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// A header value httparse has parsed, sharing `src`'s bytes, without checking them again.
+pub(crate) fn parsed_value(src: Bytes) -> HeaderValue {
+    debug_assert!(HeaderValue::from_bytes(&src).is_ok());
+    // SAFETY: httparse, in its default configuration (the only one used here), takes only
+    // HTAB, SP, VCHAR and obs-text in a value: exactly the bytes a `HeaderValue` may hold
+    // (`tests::httparse_values_are_header_values` tries every byte).
+    unsafe { HeaderValue::from_maybe_shared_unchecked(src) }
+}
+
+/// Header maps kept per thread for the next message, so that a request and its response do
+/// not each allocate (and free) a map's two tables.
+const SPARE_MAPS: usize = 8;
+/// Maps with room for more fields than this are not kept.
+const SPARE_MAP_CAPACITY: usize = 128;
+
+thread_local! {
+    static MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` fields, recycled when one is kept.
+pub(crate) fn header_map(capacity: usize) -> HeaderMap {
+    match MAPS.with(|m| m.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Keeps `map` (emptied) for [`header_map`].
+pub(crate) fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    MAPS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < SPARE_MAPS {
+            m.push(map);
+        }
+    });
+}
+
 /// `buf.put_slice` for several slices.
 pub(crate) fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
     for p in parts {
@@ -287,6 +332,66 @@ pub(crate) fn date(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`parsed_value`] relies on: every value httparse takes, request or response, is a
+    /// valid `HeaderValue`, and it refuses every byte a `HeaderValue` refuses.
+    #[test]
+    fn httparse_values_are_header_values() {
+        for b in 0..=255u8 {
+            if b == b'\r' || b == b'\n' {
+                continue;
+            }
+            let value = [b'a', b, b'z'];
+            let request = [
+                b"GET / HTTP/1.1\r\nHost: h\r\nX: ".as_slice(),
+                &value,
+                b"\r\n\r\n",
+            ]
+            .concat();
+            let response = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &value, b"\r\n\r\n"].concat();
+            let valid = HeaderValue::from_bytes(&value).is_ok();
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&request) {
+                Ok(httparse::Status::Complete(_)) => {
+                    assert!(valid, "byte {b:#04x}: httparse took it in a request");
+                    assert_eq!(req.headers[1].value, &value, "byte {b:#04x}");
+                }
+                _ => assert!(!valid, "byte {b:#04x}: httparse refused it in a request"),
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut res = httparse::Response::new(&mut headers);
+            match res.parse(&response) {
+                Ok(httparse::Status::Complete(_)) => {
+                    assert!(valid, "byte {b:#04x}: httparse took it in a response");
+                }
+                _ => assert!(!valid, "byte {b:#04x}: httparse refused it in a response"),
+            }
+        }
+    }
+
+    #[test]
+    fn recycled_maps_come_back_empty_with_room() {
+        let mut map = header_map(4);
+        for i in 0..10 {
+            map.append(
+                hyper::header::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        recycle(map);
+        let again = header_map(40);
+        assert!(again.is_empty());
+        assert!(again.capacity() >= 40);
+        // A map too large to keep is dropped instead.
+        let mut big = HeaderMap::with_capacity(4 * SPARE_MAP_CAPACITY);
+        big.insert(hyper::header::HOST, HeaderValue::from_static("h"));
+        recycle(big);
+        assert!(MAPS.with(|m| m
+            .borrow()
+            .iter()
+            .all(|m| m.capacity() <= SPARE_MAP_CAPACITY)));
+    }
 
     fn decode_all(input: &[u8], split: usize) -> Result<Vec<u8>, BadChunk> {
         let mut dec = Chunked::new();

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 use hyper::{
     body::Body,
-    header::{self, HeaderMap, HeaderName, HeaderValue},
+    header::{self, HeaderName},
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use super::{date, has_token, put, read_buf};
 use crate::proxy::{
     server::{ConnInfo, Shared},
-    RequestBody,
+    Finishing, RequestBody,
 };
 
 /// The largest request body the fast path reads before handling the request (as nginx
@@ -175,7 +175,7 @@ where
         let head_request = head.method == Method::HEAD;
         let close_asked = head.close;
         let Some(request) = head.request(&head_bytes, &mut fields) else {
-            // Values httparse took and `http` does not: hyper answers, from this request on.
+            // A target httparse took and `http` does not: hyper answers, from this request on.
             let mut rest = BytesMut::with_capacity(head_bytes.len() + body.len() + buf.len());
             rest.extend_from_slice(&head_bytes);
             rest.extend_from_slice(&body);
@@ -183,13 +183,24 @@ where
             return Exit::HandOver(io, rest.freeze());
         };
         let request = request.map(|()| RequestBody::Bytes(body));
-        let response = current.load().handle(request, info.clone()).await;
+        // The generation stays loaded until the response is written: its security headers
+        // are written from there.
+        let proxy = current.load();
+        let (response, finishing) = proxy.handle_deferred(request, info.clone()).await;
         let close = close_asked
             || closed
             || shared
                 .closing_now
                 .load(std::sync::atomic::Ordering::Relaxed);
-        match write_response(&mut io, &mut out, response, head_request, close).await {
+        let written = write_response(
+            &mut io,
+            &mut out,
+            response,
+            finishing.as_ref(),
+            head_request,
+            close,
+        );
+        match written.await {
             Ok(true) if !close => {}
             _ => {
                 let _ = io.shutdown().await;
@@ -295,10 +306,9 @@ impl Head {
         let (at, len) = self.path;
         let uri = Uri::from_maybe_shared(head.slice(at..at + len)).ok()?;
         // Room for what the proxy adds (X-Forwarded-*, Forwarded, X-Request-Id).
-        let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+        let mut headers = super::header_map(fields.len() + 6);
         for (name, (at, len)) in fields.drain(..) {
-            let value = HeaderValue::from_maybe_shared(head.slice(at..at + len)).ok()?;
-            headers.append(name, value);
+            headers.append(name, super::parsed_value(head.slice(at..at + len)));
         }
         let mut request = Request::new(());
         *request.method_mut() = self.method;
@@ -314,6 +324,7 @@ async fn write_response<S, B>(
     io: &mut S,
     out: &mut Vec<u8>,
     response: Response<B>,
+    finishing: Option<&Finishing<'_>>,
     head_request: bool,
     mut close: bool,
 ) -> std::io::Result<bool>
@@ -353,11 +364,17 @@ where
             // length of what a GET would have had.
             continue;
         }
+        if finishing.is_some_and(|f| f.replaces(name)) {
+            continue;
+        }
         has_date |= name == header::DATE;
         put(
             out,
             &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
         );
+    }
+    if let Some(f) = finishing {
+        f.write(out);
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -382,6 +399,7 @@ where
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    super::recycle(parts.headers);
     if bodiless {
         io.write_all(out).await?;
         io.flush().await?;
