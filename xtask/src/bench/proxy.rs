@@ -10,7 +10,8 @@
 //!
 //! The upstream (`tests/src/bin/bench_upstream.rs`) answers every request 200 with 13 bytes on
 //! one thread. nginx is the reference for the plain proxy (GET /): a reverse proxy with as many
-//! workers as the gateway has runtime threads and keep-alive connections to the upstream.
+//! workers as the gateway has runtime threads, bound each to its own CPU as the gateway binds
+//! its workers (`worker_cpu_affinity auto`), and keep-alive connections to the upstream.
 //! HAProxy is the reference for the secured routes (see `secured.rs`): the same POST with a
 //! bearer token, verified with `jwt_verify`, on the plain route and on routes with HS256 and
 //! RS256 tokens. Two more gateway cases report what a first-seen RS256 token costs (its token
@@ -217,7 +218,13 @@ pub fn run(opts: Options) -> Result<()> {
     let haproxy_config = dir.path().join("haproxy.cfg");
     write(
         &haproxy_config,
-        &secured::haproxy_config_text(haproxy_addr, upstream_addr, NGINX_WORKERS, &tokens)?,
+        &secured::haproxy_config_text(
+            haproxy_addr,
+            upstream_addr,
+            NGINX_WORKERS,
+            &reference_cpus(),
+            &tokens,
+        )?,
     )?;
     let haproxy = Proc::spawn(
         "haproxy",
@@ -845,6 +852,7 @@ impl<'a> Results<'a> {
                 "haproxy": {
                     "version": package_version("haproxy"),
                     "threads": NGINX_WORKERS,
+                    "cpus": reference_cpus(),
                 },
                 "load_generator": format!("wrk {}", package_version("wrk")),
                 "response_body_bytes": BODY.len(),
@@ -852,6 +860,7 @@ impl<'a> Results<'a> {
                 "nginx": {
                     "version": package_version("nginx"),
                     "workers": NGINX_WORKERS,
+                    "worker_cpus": reference_cpus(),
                     "upstream_keepalive": NGINX_UPSTREAM_KEEPALIVE,
                 },
             },
@@ -1399,6 +1408,7 @@ fn nginx_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) ->
     format!(
         "# Written by `cargo xtask bench proxy`.\n\
          worker_processes {NGINX_WORKERS};\n\
+         {affinity}\
          pid {pid};\n\
          error_log stderr warn;\n\
          \n\
@@ -1428,6 +1438,12 @@ fn nginx_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) ->
          \x20       }}\n\
          \x20   }}\n\
          }}\n",
+        // Bound to CPUs as the gateway binds its workers (`proxy.pin_workers`, on by default).
+        affinity = if reference_cpus().is_empty() {
+            ""
+        } else {
+            "worker_cpu_affinity auto;\n"
+        },
         pid = path("nginx.pid"),
         body = path("nginx-client-body"),
         proxy = path("nginx-proxy"),
@@ -1435,6 +1451,35 @@ fn nginx_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) ->
         uwsgi = path("nginx-uwsgi"),
         scgi = path("nginx-scgi"),
     )
+}
+
+/// The CPUs the references' workers are bound to, one each: the first [`NGINX_WORKERS`] this
+/// process may use, as the gateway binds its own (`proxy.pin_workers`, worker i to the i-th
+/// CPU); empty, and the workers not bound, when there are fewer, as the gateway then does.
+fn reference_cpus() -> Vec<usize> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let range = match part.split_once('-') {
+            Some((a, b)) => a.parse::<usize>().ok().zip(b.parse::<usize>().ok()),
+            None => part.parse::<usize>().ok().map(|a| (a, a)),
+        };
+        let Some((a, b)) = range else {
+            return Vec::new();
+        };
+        cpus.extend(a..=b);
+    }
+    if cpus.len() < NGINX_WORKERS as usize {
+        return Vec::new();
+    }
+    cpus.truncate(NGINX_WORKERS as usize);
+    cpus
 }
 
 /// Debian's nginx lives in /usr/sbin, which a user's PATH may lack.

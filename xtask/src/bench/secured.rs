@@ -251,18 +251,28 @@ pub fn gateway_routes(tokens: &Tokens, dir: &Path) -> Result<String> {
 
 /// HAProxy as the reference: a plain reverse proxy with keep-alive to the upstream and, on
 /// `/hs` and `/rs`, `jwt_verify` with the algorithm pinned, `exp` checked and a stick-table
-/// rate limit on the subject. As many threads as the gateway has workers; no logging.
+/// rate limit on the subject. As many threads as the gateway has workers, bound each to its own
+/// CPU as the gateway binds its workers (`cpus`: the CPUs to use, one per thread; empty: not
+/// bound); no logging.
 pub fn haproxy_config_text(
     listen: SocketAddr,
     upstream: SocketAddr,
     threads: u32,
+    cpus: &[usize],
     tokens: &Tokens,
 ) -> Result<String> {
     let secret = std::fs::read_to_string(&tokens.hs_secret)?;
+    let cpu_map = if cpus.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        format!("\x20   cpu-map auto:1/1-{threads} {}\n", list.join(" "))
+    };
     Ok(format!(
         "# Written by `cargo xtask bench proxy`.\n\
          global\n\
          \x20   nbthread {threads}\n\
+         {cpu_map}\
          \n\
          defaults\n\
          \x20   mode http\n\
