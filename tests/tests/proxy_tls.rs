@@ -68,6 +68,9 @@ async fn tls_sni_alpn_h2_and_mutual_tls_upstreams() {
     let tls_port = free_port();
     let rest = format!(
         r#"
+[security_headers]
+strict_transport_security = "max-age=600"
+
 [upstreams.secure]
 targets = ["{secure}"]
 protocol = "http2"
@@ -134,6 +137,15 @@ upstream = "plain"
     assert_eq!(r.status, 200, "{:?}", r.json);
     assert_eq!(r.version, hyper::Version::HTTP_2);
     assert_eq!(r.json["upstream"], "plain");
+    // HSTS over TLS only, once, from hyper's path (HTTP/2) and the fast path (HTTP/1.1).
+    let hsts = |r: &web::Reply| -> Vec<String> {
+        r.headers
+            .get_all("strict-transport-security")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(hsts(&r), ["max-age=600"]);
     assert_eq!(r.json["headers"]["x-forwarded-proto"], "https");
     assert!(r.json["headers"]["forwarded"]
         .as_str()
@@ -146,11 +158,14 @@ upstream = "plain"
     .await;
     assert_eq!(r.version, hyper::Version::HTTP_11);
     assert_eq!(r.status, 200);
+    assert_eq!(hsts(&r), ["max-age=600"]);
+    assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
 
     // h2c (prior knowledge) on the plain listener.
     let r = send(&h2c(), get(&format!("http://127.0.0.1:{port}/x"), "x", &[])).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.version, hyper::Version::HTTP_2);
+    assert!(hsts(&r).is_empty(), "no HSTS over plain HTTP");
 
     // To the upstream: HTTPS with the custom CA, SNI upstream.internal, the client
     // certificate (the upstream refuses a handshake without one), HTTP/2.

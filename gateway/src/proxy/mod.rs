@@ -1550,23 +1550,25 @@ impl Forwarding {
         }
         let xff = match prior_xff {
             Some(prior) => joined(prior, &[conn.ip.as_bytes()]),
-            None => Some(conn.ip.clone()),
+            None => conn.ip.clone(),
         };
         let forwarded = match (prior, host.as_ref()) {
-            (None, None) => Some(conn.forwarded.clone()),
+            (None, None) => conn.forwarded.clone(),
             (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
+            (None, Some(h)) => conn.forwarded_with(h, || {
+                joined(
+                    b"",
+                    &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
+                )
+            }),
             (prior, Some(h)) => joined(
                 prior.unwrap_or_default(),
                 &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
             ),
         };
         let mut fields = smallvec::SmallVec::new();
-        if let Some(v) = xff {
-            fields.push((X_FORWARDED_FOR, v));
-        }
-        if let Some(v) = forwarded {
-            fields.push((header::FORWARDED, v));
-        }
+        fields.push((X_FORWARDED_FOR, xff));
+        fields.push((header::FORWARDED, forwarded));
         let proto = if conn.tls { "https" } else { "http" };
         fields.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
         fields.push((REQUEST_ID, id.clone()));
@@ -1601,7 +1603,7 @@ impl Forwarding {
 
 /// `prior, parts...` (or `parts...` when there is no prior) as a header value; each piece is
 /// a header value's bytes or printable ASCII, so the whole is a header value.
-fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
+fn joined(prior: &[u8], parts: &[&[u8]]) -> HeaderValue {
     let sep = if prior.is_empty() { 0 } else { 2 };
     let len = prior.len() + sep + parts.iter().map(|p| p.len()).sum::<usize>();
     // Exactly as long as needed: `Bytes` then takes the vector over without another allocation.
@@ -1616,7 +1618,7 @@ fn joined(prior: &[u8], parts: &[&[u8]]) -> Option<HeaderValue> {
     debug_assert!(HeaderValue::from_bytes(&out).is_ok());
     // SAFETY: a header value's bytes (HTAB, SP, VCHAR, obs-text) joined with printable ASCII
     // are all bytes a header value may hold.
-    Some(unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(out)) })
+    unsafe { HeaderValue::from_maybe_shared_unchecked(Bytes::from(out)) }
 }
 
 fn full(body: Bytes) -> Body {

@@ -74,9 +74,31 @@ pub struct ConnInfo {
     pub ip: hyper::header::HeaderValue,
     /// `for=ADDR;proto=SCHEME`, for Forwarded.
     pub forwarded: hyper::header::HeaderValue,
+    /// The first host named on the connection and its Forwarded value
+    /// (`for=ADDR;proto=SCHEME;host="HOST"`), made once for the requests that name it again.
+    forwarded_host:
+        Arc<std::sync::OnceLock<(hyper::header::HeaderValue, hyper::header::HeaderValue)>>,
 }
 
 impl ConnInfo {
+    /// The Forwarded value for a request to `host` without a Forwarded field of its own:
+    /// `make` makes it, once per connection for the first host named on it.
+    pub fn forwarded_with(
+        &self,
+        host: &hyper::header::HeaderValue,
+        make: impl FnOnce() -> hyper::header::HeaderValue,
+    ) -> hyper::header::HeaderValue {
+        if let Some((h, v)) = self.forwarded_host.get() {
+            if h == host {
+                return v.clone();
+            }
+        }
+        let value = make();
+        // Only the first host is kept: a connection rarely names two.
+        let _ = self.forwarded_host.set((host.clone(), value.clone()));
+        value
+    }
+
     pub fn new(client: SocketAddr, tls: bool) -> ConnInfo {
         let ip = client.ip().to_canonical();
         let proto = if tls { "https" } else { "http" };
@@ -93,6 +115,7 @@ impl ConnInfo {
             tls,
             ip: value(ip.to_string()),
             forwarded: value(for_value),
+            forwarded_host: Arc::default(),
         }
     }
 }
@@ -162,8 +185,12 @@ impl Workers {
                             ),
                         }
                     }
+                    // I/O and timers only: signals and child processes are the main
+                    // runtime's, and their drivers would be looked at every time the worker
+                    // waits.
                     let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
+                        .enable_io()
+                        .enable_time()
                         .build()
                     {
                         Ok(r) => r,
@@ -794,5 +821,38 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use hyper::header::HeaderValue;
+
+    use super::ConnInfo;
+
+    /// The Forwarded value with a host is made once for the connection's first host, and
+    /// made each time for any other; clones of the connection's info share it.
+    #[test]
+    fn forwarded_with_host_is_made_once_per_connection() {
+        let info = ConnInfo::new("198.18.0.7:4000".parse().unwrap(), false);
+        let made = Cell::new(0);
+        let make = |h: &str| {
+            made.set(made.get() + 1);
+            HeaderValue::from_str(&format!("for=198.18.0.7;proto=http;host=\"{h}\"")).unwrap()
+        };
+        let a = HeaderValue::from_static("a.example");
+        let b = HeaderValue::from_static("b.example");
+        let first = info.forwarded_with(&a, || make("a.example"));
+        assert_eq!(first, "for=198.18.0.7;proto=http;host=\"a.example\"");
+        let clone = info.clone();
+        assert_eq!(clone.forwarded_with(&a, || make("a.example")), first);
+        assert_eq!(made.get(), 1);
+        let other = info.forwarded_with(&b, || make("b.example"));
+        assert_eq!(other, "for=198.18.0.7;proto=http;host=\"b.example\"");
+        assert_eq!(made.get(), 2);
+        assert_eq!(info.forwarded_with(&a, || make("a.example")), first);
+        assert_eq!(made.get(), 2, "the first host is still kept");
     }
 }
