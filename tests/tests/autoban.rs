@@ -333,11 +333,15 @@ prefix_v4 = 24
         200
     );
     assert_eq!(send(&client, get("/api/items", None)).await.status, 200);
-    let refused = audit_lines(&setup)
-        .into_iter()
-        .filter(|l| l["rule"] == "autoban:sqli")
-        .count();
-    assert_eq!(refused, 1);
+    // The audit line is written once the response has gone out: wait for it.
+    let refusals = || {
+        audit_lines(&setup)
+            .into_iter()
+            .filter(|l| l["rule"] == "autoban:sqli")
+            .count()
+    };
+    web::eventually(Duration::from_secs(5), || refusals() >= 1).await;
+    assert_eq!(refusals(), 1);
     // Refusals of banned clients do not count again: still one entry, one ban.
     for _ in 0..5 {
         send(&client, get(attack, Some("198.18.7.30"))).await;

@@ -2,6 +2,8 @@
 //! RateLimit headers, keys per client, header and route, bounded), the response's security
 //! headers, and CORS (preflights answered by the gateway).
 
+use std::time::Duration;
+
 use integration_tests::{
     harness::{Daemon, Setup},
     web::{self, free_port, get, http1, send, Upstream},
@@ -113,6 +115,13 @@ per = "1h"
     )
     .await;
     assert!(ok, "{m}");
+    // The audit line is written once the response has gone out: wait for it.
+    web::eventually(Duration::from_secs(5), || {
+        web::audit_lines(&setup)
+            .iter()
+            .any(|l| l["request_id"] == "limited-1")
+    })
+    .await;
     let lines = web::audit_lines(&setup);
     let limited = lines
         .iter()
