@@ -655,6 +655,8 @@ impl Proxy {
                         id,
                         id_value: &id_value,
                     };
+                    // Not boxed: polled in place in the connection's task, where a box
+                    // cost an allocation and a 3 KB copy per request.
                     self.forward(parts, body, fwd, &mut done).await
                 }
             },
