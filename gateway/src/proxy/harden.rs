@@ -75,14 +75,6 @@ pub struct SecurityHeaders {
     hsts_line: Vec<u8>,
 }
 
-/// `name: value\r\n`.
-fn line(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
 impl SecurityHeaders {
     pub fn new(c: &SecurityHeadersConfig) -> SecurityHeaders {
         let value = |v: &str| (!v.is_empty()).then(|| HeaderValue::from_str(v).expect("validated"));
@@ -98,11 +90,11 @@ impl SecurityHeaders {
         let hsts = value(&c.strict_transport_security);
         let mut lines = Vec::new();
         for (n, v) in &set {
-            line(&mut lines, n, v);
+            super::h1::field(&mut lines, n, v);
         }
         let mut hsts_line = Vec::new();
         if let Some(v) = &hsts {
-            line(&mut hsts_line, &header::STRICT_TRANSPORT_SECURITY, v);
+            super::h1::field(&mut hsts_line, &header::STRICT_TRANSPORT_SECURITY, v);
         }
         SecurityHeaders {
             hsts,
@@ -440,14 +432,14 @@ mod tests {
                 let mut written = Vec::new();
                 for (n, v) in &map {
                     if !headers.replaces(n, tls) {
-                        line(&mut written, n, v);
+                        crate::proxy::h1::field(&mut written, n, v);
                     }
                 }
                 headers.write(&mut written, tls);
                 headers.apply(&mut map, tls);
                 let mut applied = Vec::new();
                 for (n, v) in &map {
-                    line(&mut applied, n, v);
+                    crate::proxy::h1::field(&mut applied, n, v);
                 }
                 let (mut written, mut applied) = (lines(&written), lines(&applied));
                 written.sort();

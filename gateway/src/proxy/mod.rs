@@ -1263,15 +1263,7 @@ impl Finishing<'_> {
     /// Writes the fields, as `name: value` lines.
     pub fn write(&self, out: &mut Vec<u8>) {
         self.headers.write(out, self.tls);
-        h1::put(
-            out,
-            &[
-                REQUEST_ID.as_str().as_bytes(),
-                b": ",
-                self.id.as_bytes(),
-                b"\r\n",
-            ],
-        );
+        h1::field(out, &REQUEST_ID, &self.id);
     }
 }
 
@@ -1557,16 +1549,18 @@ impl Forwarding {
         let forwarded = match (prior, host.as_ref()) {
             (None, None) => conn.forwarded.clone(),
             (prior, None) => joined(prior.unwrap_or_default(), &[conn.forwarded.as_bytes()]),
-            (None, Some(h)) => conn.forwarded_with(h, || {
-                joined(
-                    b"",
-                    &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
-                )
-            }),
-            (prior, Some(h)) => joined(
-                prior.unwrap_or_default(),
-                &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
-            ),
+            (prior, Some(h)) => {
+                let with_host = |prior: &[u8]| {
+                    joined(
+                        prior,
+                        &[conn.forwarded.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
+                    )
+                };
+                match prior {
+                    None => conn.forwarded_with(h, || with_host(b"")),
+                    Some(prior) => with_host(prior),
+                }
+            }
         };
         let mut fields = smallvec::SmallVec::new();
         fields.push((X_FORWARDED_FOR, xff));

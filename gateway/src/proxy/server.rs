@@ -754,10 +754,7 @@ impl Proxy {
         );
         out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
         for (name, value) in headers.iter().chain([(&REQUEST_ID, &id)]) {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            super::h1::field(&mut out, name, value);
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body.as_bytes());

@@ -196,11 +196,13 @@ pub fn run(opts: Options) -> Result<()> {
     )?;
     gateway.wait_listening(gateway_addr)?;
 
+    // The CPUs the references' workers are bound to, as the gateway binds its own.
+    let cpus = reference_cpus();
     let nginx_addr = free_addr()?;
     let nginx_config = dir.path().join("nginx.conf");
     write(
         &nginx_config,
-        &nginx_config_text(&dir, nginx_addr, upstream_addr),
+        &nginx_config_text(&dir, nginx_addr, upstream_addr, !cpus.is_empty()),
     )?;
     let nginx = Proc::spawn(
         "nginx",
@@ -218,13 +220,7 @@ pub fn run(opts: Options) -> Result<()> {
     let haproxy_config = dir.path().join("haproxy.cfg");
     write(
         &haproxy_config,
-        &secured::haproxy_config_text(
-            haproxy_addr,
-            upstream_addr,
-            NGINX_WORKERS,
-            &reference_cpus(),
-            &tokens,
-        )?,
+        &secured::haproxy_config_text(haproxy_addr, upstream_addr, NGINX_WORKERS, &cpus, &tokens)?,
     )?;
     let haproxy = Proc::spawn(
         "haproxy",
@@ -308,7 +304,7 @@ pub fn run(opts: Options) -> Result<()> {
 
     let results = Results::new(&runs, gateway_rss, nginx_rss);
     results.print(&opts);
-    let json = results.json(&opts, &load_at_start, started.elapsed());
+    let json = results.json(&opts, &cpus, &load_at_start, started.elapsed());
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -808,7 +804,8 @@ impl<'a> Results<'a> {
         }
     }
 
-    fn json(&self, opts: &Options, load_at_start: &str, took: Duration) -> Value {
+    /// `cpus`: those the references' workers were bound to.
+    fn json(&self, opts: &Options, cpus: &[usize], load_at_start: &str, took: Duration) -> Value {
         let cases: serde_json::Map<String, Value> = self
             .medians
             .iter()
@@ -852,7 +849,7 @@ impl<'a> Results<'a> {
                 "haproxy": {
                     "version": package_version("haproxy"),
                     "threads": NGINX_WORKERS,
-                    "cpus": reference_cpus(),
+                    "cpus": cpus,
                 },
                 "load_generator": format!("wrk {}", package_version("wrk")),
                 "response_body_bytes": BODY.len(),
@@ -860,7 +857,7 @@ impl<'a> Results<'a> {
                 "nginx": {
                     "version": package_version("nginx"),
                     "workers": NGINX_WORKERS,
-                    "worker_cpus": reference_cpus(),
+                    "worker_cpus": cpus,
                     "upstream_keepalive": NGINX_UPSTREAM_KEEPALIVE,
                 },
             },
@@ -1403,7 +1400,13 @@ fn gateway_config_text(
 
 /// nginx as a plain reverse proxy with keep-alive to the upstream; every path it writes is in
 /// `dir`. `daemon` and `master_process` come on the command line.
-fn nginx_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// With `bind`, its workers are bound each to its own CPU (see [`reference_cpus`]).
+fn nginx_config_text(
+    dir: &TempDir,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    bind: bool,
+) -> String {
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     format!(
         "# Written by `cargo xtask bench proxy`.\n\
@@ -1439,10 +1442,10 @@ fn nginx_config_text(dir: &TempDir, listen: SocketAddr, upstream: SocketAddr) ->
          \x20   }}\n\
          }}\n",
         // Bound to CPUs as the gateway binds its workers (`proxy.pin_workers`, on by default).
-        affinity = if reference_cpus().is_empty() {
-            ""
-        } else {
+        affinity = if bind {
             "worker_cpu_affinity auto;\n"
+        } else {
+            ""
         },
         pid = path("nginx.pid"),
         body = path("nginx-client-body"),

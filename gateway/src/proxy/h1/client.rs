@@ -274,16 +274,10 @@ fn encode(out: &mut Vec<u8>, req: &Outgoing<'_>, addr: SocketAddr) {
         if req.set.iter().any(|(n, _)| n == name) {
             continue;
         }
-        put(
-            out,
-            &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
-        );
+        super::field(out, name, value);
     }
     for (name, value) in req.set {
-        put(
-            out,
-            &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
-        );
+        super::field(out, name, value);
     }
     if !req.headers.contains_key(header::HOST) {
         match req.host {

@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A stream with bytes already read from it put back in front.
@@ -296,6 +296,14 @@ pub(crate) fn recycle(mut map: HeaderMap) {
             m.push(map);
         }
     });
+}
+
+/// Writes a `name: value` field line.
+pub(crate) fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    put(
+        out,
+        &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
+    );
 }
 
 /// `buf.put_slice` for several slices.

@@ -368,10 +368,7 @@ where
             continue;
         }
         has_date |= name == header::DATE;
-        put(
-            out,
-            &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
-        );
+        super::field(out, name, value);
     }
     if let Some(f) = finishing {
         f.write(out);
