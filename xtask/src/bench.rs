@@ -63,7 +63,8 @@ fn bench_xdp(opts: XdpOptions) -> Result<()> {
             .env("GATEWAY_BIN", util::gateway_release_bin())
             .args([
                 "run",
-                "--release",
+                "--profile",
+                util::TOOLS_PROFILE,
                 "-p",
                 "integration-tests",
                 "--bin",

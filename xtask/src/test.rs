@@ -39,15 +39,21 @@ fn run_steps(steps: &mut Steps, opts: &Options) -> Result<()> {
         exec(util::cargo().args(["test", "-p", "xtask"]))
     })?;
     steps.run("build: gateway (release)", || util::build_gateway(true))?;
-    steps.run("unit tests: gateway (release)", || {
-        exec(util::cargo().args(["test", "-p", "gateway", "--release"]))
+    steps.run("unit tests: gateway (tools profile)", || {
+        exec(util::cargo().args(["test", "-p", "gateway", "--profile", util::TOOLS_PROFILE]))
     })?;
     // One at a time: the tests share kernel state (bpffs pins, XDP attachments).
     steps.run("integration tests", || {
         exec(
             util::cargo()
                 .env("GATEWAY_BIN", util::gateway_release_bin())
-                .args(["test", "-p", "integration-tests", "--release"])
+                .args([
+                    "test",
+                    "-p",
+                    "integration-tests",
+                    "--profile",
+                    util::TOOLS_PROFILE,
+                ])
                 .args(["--", "--test-threads=1"])
                 .args(&opts.args),
         )

@@ -105,6 +105,15 @@ pub fn gateway_release_bin() -> PathBuf {
     target_dir().join("release").join("gateway")
 }
 
+/// The Cargo profile of test binaries and benchmark tools (`Cargo.toml`): release without the
+/// whole-program link, which only the shipped daemon gets.
+pub const TOOLS_PROFILE: &str = "tools";
+
+/// A binary built with [`TOOLS_PROFILE`].
+pub fn tools_bin(name: &str) -> PathBuf {
+    target_dir().join(TOOLS_PROFILE).join(name)
+}
+
 /// A `cargo` command (the same cargo that runs the xtask) in the workspace root.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

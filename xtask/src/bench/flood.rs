@@ -55,7 +55,8 @@ pub fn run(opts: Options) -> Result<()> {
             .env("GATEWAY_BIN", util::gateway_release_bin())
             .args([
                 "run",
-                "--release",
+                "--profile",
+                util::TOOLS_PROFILE,
                 "-p",
                 "integration-tests",
                 "--bin",

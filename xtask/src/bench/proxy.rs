@@ -140,13 +140,14 @@ pub fn run(opts: Options) -> Result<()> {
     };
     exec(util::cargo().args([
         "build",
-        "--release",
+        "--profile",
+        util::TOOLS_PROFILE,
         "-p",
         "integration-tests",
         "--bin",
         "bench-upstream",
     ]))?;
-    let upstream_bin = util::target_dir().join("release").join("bench-upstream");
+    let upstream_bin = util::tools_bin("bench-upstream");
     let out = opts
         .out
         .clone()
