@@ -443,7 +443,10 @@ impl Listeners {
         for (_, r) in self.running.drain() {
             r.stop().await;
         }
-        self.shared.closing_now.store(true, Relaxed);
+        // Before the signal: a connection that skips polling `closing` looks here first.
+        self.shared
+            .closing_now
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shared.closing.send(true);
         let until = Instant::now() + deadline;
         while self.shared.open.load(Relaxed) > 0 && Instant::now() < until {

@@ -7,7 +7,15 @@
 //! even parse), it hands the connection, with every byte it has read and not used, to hyper
 //! and the framing guard, which answer it exactly as they would have from the start.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
@@ -74,6 +82,8 @@ where
     let mut armed = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
     let timer = tokio::time::sleep_until(armed);
     tokio::pin!(timer);
+    // Whether the timer has been polled since it was last set (see [`read_or_wake`]).
+    let mut timer_polled = false;
     // Resolves once the gateway starts to close; registered once, not per request.
     let closing = {
         let mut rx = shared.closing.subscribe();
@@ -86,6 +96,7 @@ where
         }
     };
     tokio::pin!(closing);
+    let mut closing_polled = false;
     let mut closed = false;
     // The current generation of the proxy, looked up without touching its reference count
     // (shared by every connection) per request.
@@ -125,20 +136,31 @@ where
             if armed > wait || timer.is_elapsed() {
                 timer.as_mut().reset(wait);
                 armed = wait;
+                timer_polled = false;
             }
-            tokio::select! {
-                biased;
-                read = read_buf(&mut io, &mut buf, READ_SIZE) => match read {
-                    Ok(0) | Err(_) => return Exit::Closed,
-                    Ok(_) => {}
-                },
-                () = &mut timer => {
+            let closing = (idle && !closed).then(|| Closing {
+                future: closing.as_mut(),
+                polled: &mut closing_polled,
+                now: &shared.closing_now,
+            });
+            let woke = read_or_wake(
+                &mut io,
+                &mut buf,
+                READ_SIZE,
+                timer.as_mut(),
+                &mut timer_polled,
+                closing,
+            );
+            match woke.await {
+                Woke::Read(Ok(0) | Err(_)) => return Exit::Closed,
+                Woke::Read(Ok(_)) => {}
+                Woke::Timer => {
                     if tokio::time::Instant::now() >= wait {
                         tracing::debug!(client = %info.client, idle, "connection timed out waiting for a request head");
                         return Exit::Closed;
                     }
                 }
-                () = &mut closing, if idle && !closed => closed = true,
+                Woke::Closing => closed = true,
             }
         };
         let total = head.head_len + head.body_len;
@@ -150,22 +172,29 @@ where
             if armed > deadline || timer.is_elapsed() {
                 timer.as_mut().reset(deadline);
                 armed = deadline;
+                timer_polled = false;
             }
             while buf.len() < total {
                 let want = total - buf.len();
-                tokio::select! {
-                    biased;
-                    read = read_buf(&mut io, &mut buf, want) => match read {
-                        Ok(0) | Err(_) => return Exit::Closed,
-                        Ok(_) => {}
-                    },
-                    () = &mut timer => {
+                let woke = read_or_wake::<_, std::future::Pending<()>>(
+                    &mut io,
+                    &mut buf,
+                    want,
+                    timer.as_mut(),
+                    &mut timer_polled,
+                    None,
+                );
+                match woke.await {
+                    Woke::Read(Ok(0) | Err(_)) => return Exit::Closed,
+                    Woke::Read(Ok(_)) | Woke::Closing => {}
+                    Woke::Timer => {
                         if tokio::time::Instant::now() >= deadline {
                             tracing::debug!(client = %info.client, "request body did not arrive in time");
                             return Exit::Closed;
                         }
                         timer.as_mut().reset(deadline);
                         armed = deadline;
+                        timer_polled = false;
                     }
                 }
             }
@@ -208,6 +237,75 @@ where
             }
         }
     }
+}
+
+/// What ended a wait for the client's bytes.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Timer,
+    Closing,
+}
+
+/// The gateway's closing signal, as a connection waits for it.
+struct Closing<'a, C> {
+    /// Resolves once the gateway starts to close; not to be polled after.
+    future: Pin<&'a mut C>,
+    /// Whether `future` has been polled (see [`read_or_wake`]).
+    polled: &'a mut bool,
+    /// Set before the signal is sent.
+    now: &'a AtomicBool,
+}
+
+/// Reads up to `max` bytes into `buf`, unless `timer` fires or, with `closing`, the gateway
+/// starts to close first.
+///
+/// A timer or a signal that has been polled holds the task's waker (the same for the
+/// connection's life) and wakes the task when it fires. So it is polled again only when it may
+/// be ready: a timer once it says it has elapsed (or after it is reset, which the caller notes
+/// by clearing `timer_polled`), the signal once `closing.now` is set. Polling both on every
+/// wait would cost about as much as the rest of a request's wait. They are polled outside
+/// tokio's cooperative budget: with the budget spent, they would answer `Pending` without
+/// taking the waker, and would then not be polled again.
+async fn read_or_wake<S, C>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    timer_polled: &mut bool,
+    mut closing: Option<Closing<'_, C>>,
+) -> Woke
+where
+    S: AsyncRead + Unpin,
+    C: Future<Output = ()>,
+{
+    let read = read_buf(io, buf, max);
+    tokio::pin!(read);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(read) = read.as_mut().poll(cx) {
+            return Poll::Ready(Woke::Read(read));
+        }
+        if !*timer_polled || timer.is_elapsed() {
+            *timer_polled = true;
+            if unconstrained(timer.as_mut(), cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+        }
+        if let Some(c) = closing.as_mut() {
+            if !*c.polled || c.now.load(Ordering::Acquire) {
+                *c.polled = true;
+                if unconstrained(c.future.as_mut(), cx).is_ready() {
+                    return Poll::Ready(Woke::Closing);
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Polls `future` outside tokio's cooperative budget.
+fn unconstrained<F: Future>(future: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    Pin::new(&mut tokio::task::unconstrained(future)).poll(cx)
 }
 
 /// Header names and the spans of their values in the head.
