@@ -96,6 +96,7 @@ where
         }
     };
     tokio::pin!(closing);
+    // Whether `closing` has been polled (see [`read_or_wake`]).
     let mut closing_polled = false;
     let mut closed = false;
     // The current generation of the proxy, looked up without touching its reference count
