@@ -19,7 +19,8 @@
 //!
 //! Method: after a short warm-up of each case, every round runs each case once for the same
 //! time, in an order rotated from round to round, so that a slow phase of a noisy machine hits
-//! all of them alike; the table shows the median over the rounds. A target that compares two
+//! all of them alike, and reversed every other round, so that each case follows each of its
+//! neighbours (the gateway follows the upstream alone in one round, nginx in the next); the table shows the median over the rounds. A target that compares two
 //! cases is judged on the median of their ratios round by round (as `bench flood` does): the two
 //! runs of a round are close in time, while the medians of two cases may come from rounds far
 //! apart, when the machine ran at different speeds. Around every run the CPU time
@@ -110,7 +111,8 @@ pub struct Options {
     /// wrk threads (at most --connections).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub threads: u32,
-    /// Rounds; each runs every case once, in an order rotated per round. Single runs on a
+    /// Rounds; each runs every case once, in an order rotated per round and reversed every
+    /// other round. Single runs on a
     /// 2-core machine swing by 10% and more: fewer than 5 make a coin toss of the targets.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
@@ -283,7 +285,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut runs: Vec<Run> = Vec::new();
     for round in 0..opts.rounds {
         for position in 0..targets.len() {
-            let target = &targets[(position + round as usize) % targets.len()];
+            let target = &targets[run_order(round as usize, position, targets.len())];
             let run = target.measure(&wrk, &upstream, opts.duration)?;
             eprintln!(
                 "round {}/{} {:<8} {}",
@@ -861,7 +863,7 @@ impl<'a> Results<'a> {
                 "connections": opts.connections,
                 "threads": opts.threads,
                 "order": Case::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
-                    + ", rotated by one each round",
+                    + ", rotated by one each round and reversed every other round",
                 "secured_request": format!(
                     "POST with a {}-byte JSON body and a bearer token",
                     secured::POST_BODY.len()
@@ -1598,6 +1600,17 @@ fn optional(value: Option<f64>, decimals: usize) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }
 
+/// Which of `n` cases runs at `position` (0-based) of `round` (0-based): the order rotated by
+/// one each round, and reversed in every second round.
+fn run_order(round: usize, position: usize, n: usize) -> usize {
+    let position = if round % 2 == 1 {
+        n - 1 - position
+    } else {
+        position
+    };
+    (position + round) % n
+}
+
 /// `a`'s figure over `b`'s, for every round that has both.
 fn round_ratios(runs: &[Run], a: Case, b: Case, figure: fn(&Run) -> Option<f64>) -> Vec<f64> {
     let of = |case: Case, round: u32| {
@@ -1711,6 +1724,22 @@ Transfer/sec:      8.25MB
         assert_eq!(stat.ppid, 4241);
         assert_eq!(stat.ticks, 325);
         assert_eq!(stat.start, 123_456);
+    }
+
+    #[test]
+    fn every_round_runs_every_case_and_neighbours_swap() {
+        let n = 11;
+        let order = |round| (0..n).map(|p| run_order(round, p, n)).collect::<Vec<_>>();
+        for round in 0..6 {
+            let mut seen = order(round);
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "round {round}");
+        }
+        assert_eq!(order(0)[..3], [0, 1, 2]);
+        // Reversed: case 1 (the gateway) now runs after case 2 (nginx).
+        let second = order(1);
+        let at = |case| second.iter().position(|c| *c == case).unwrap();
+        assert_eq!(at(1), at(2) + 1, "{second:?}");
     }
 
     #[test]
