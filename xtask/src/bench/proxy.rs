@@ -20,10 +20,11 @@
 //! Method: after a short warm-up of each case, every round runs each case once for the same
 //! time, in an order rotated from round to round, so that a slow phase of a noisy machine hits
 //! all of them alike, and reversed every other round, so that each case follows each of its
-//! neighbours (the gateway follows the upstream alone in one round, nginx in the next); the table shows the median over the rounds. A target that compares two
-//! cases is judged on the median of their ratios round by round (as `bench flood` does): the two
-//! runs of a round are close in time, while the medians of two cases may come from rounds far
-//! apart, when the machine ran at different speeds. Around every run the CPU time
+//! neighbours (the gateway follows the upstream alone in one round, nginx in the next); the
+//! table shows the median over the rounds. A target that compares two cases is judged on the
+//! median of their ratios round by round (as `bench flood` does): the two runs of a round are
+//! close in time, while the medians of two cases may come from rounds far apart, when the
+//! machine ran at different speeds. Around every run the CPU time
 //! (user + system, from `/proc/PID/stat`) of the proxy is read: the gateway's process, or
 //! nginx's master and workers. The load generator, the proxy and the upstream share the
 //! machine's cores, so requests per second say as much about the machine as about the proxy;
@@ -1479,31 +1480,25 @@ fn nginx_config_text(
 }
 
 /// The CPUs the references' workers are bound to, one each: the first [`NGINX_WORKERS`] this
-/// process may use, as the gateway binds its own (`proxy.pin_workers`, worker i to the i-th
-/// CPU); empty, and the workers not bound, when there are fewer, as the gateway then does.
+/// process may use, read as the gateway reads them (`sched_getaffinity`; `proxy.pin_workers`
+/// binds worker i to the i-th); empty, and the workers not bound, when there are fewer, as the
+/// gateway then does.
 fn reference_cpus() -> Vec<usize> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(list) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-    else {
+    // SAFETY: a zeroed `cpu_set_t` is an empty set, and the kernel writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is this thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
         return Vec::new();
-    };
-    let mut cpus = Vec::new();
-    for part in list.trim().split(',') {
-        let range = match part.split_once('-') {
-            Some((a, b)) => a.parse::<usize>().ok().zip(b.parse::<usize>().ok()),
-            None => part.parse::<usize>().ok().map(|a| (a, a)),
-        };
-        let Some((a, b)) = range else {
-            return Vec::new();
-        };
-        cpus.extend(a..=b);
     }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below the set's size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .take(NGINX_WORKERS as usize)
+        .collect();
     if cpus.len() < NGINX_WORKERS as usize {
         return Vec::new();
     }
-    cpus.truncate(NGINX_WORKERS as usize);
     cpus
 }
 
