@@ -500,12 +500,15 @@ impl Proxy {
     /// Handles one request for a caller that writes the response head itself: the security
     /// headers and the request id are left out of the response's header map when they can be,
     /// for the caller to write ([`Finishing::replaces`], [`Finishing::write`]).
-    pub async fn handle_deferred(
+    ///
+    /// Not an `async fn`: that would be one more future around `handle_with`'s, into which the
+    /// request and then that future are copied, per request.
+    pub fn handle_deferred(
         &self,
         req: Request<RequestBody>,
         conn: ConnInfo,
-    ) -> (Response<Tracked>, Option<Finishing<'_>>) {
-        self.handle_with(req, conn, true).await
+    ) -> impl std::future::Future<Output = (Response<Tracked>, Option<Finishing<'_>>)> + '_ {
+        self.handle_with(req, conn, true)
     }
 
     async fn handle_with(
@@ -853,7 +856,8 @@ impl Proxy {
         }
         let forwarding = Forwarding::new(&parts.headers, f.conn, f.host.take(), f.id_value);
         let client_ip = f.client_ip;
-        let deadline = tokio::time::Instant::now() + f.timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now + f.timeout;
         let pool = f.pool;
         pool.deposit();
         // Inline: most requests are answered by the first target they try.
@@ -913,6 +917,7 @@ impl Proxy {
                             set: &forwarding.fields,
                             host: forwarding.host.as_ref(),
                             body,
+                            now,
                             deadline,
                             body_timeout: f.timeout,
                         };

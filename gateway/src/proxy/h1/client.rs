@@ -59,6 +59,9 @@ pub struct Outgoing<'a> {
     /// The Host when `headers` has none (else the target's address is).
     pub host: Option<&'a HeaderValue>,
     pub body: Bytes,
+    /// When the request was handed over (for a retry too): the clock, read once per request
+    /// for the deadline and for the age of the idle connections.
+    pub now: tokio::time::Instant,
     /// When the response head must have arrived, connecting and sending included.
     pub deadline: tokio::time::Instant,
     /// The longest rest between two reads of the response body (see `proxy::Idle`).
@@ -132,13 +135,13 @@ impl Conn {
         });
     }
 
-    /// An idle connection to `addr` that looks alive.
-    fn checkout(addr: SocketAddr) -> Option<Conn> {
+    /// An idle connection to `addr` that looks alive at `now`.
+    fn checkout(addr: SocketAddr, now: Instant) -> Option<Conn> {
         IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             let list = idle.get_mut(&addr)?;
             while let Some(conn) = list.pop() {
-                if conn.since.elapsed() < IDLE_TIMEOUT && conn.quiet() {
+                if now.saturating_duration_since(conn.since) < IDLE_TIMEOUT && conn.quiet() {
                     return Some(conn);
                 }
             }
@@ -207,7 +210,10 @@ impl Client {
         let head_only = req.method == Method::HEAD;
         let mut fresh_only = false;
         loop {
-            let (mut conn, reused) = match (!fresh_only).then(|| Conn::checkout(addr)).flatten() {
+            let (mut conn, reused) = match (!fresh_only)
+                .then(|| Conn::checkout(addr, req.now.into_std()))
+                .flatten()
+            {
                 Some(c) => (c, true),
                 None => {
                     let connect = tokio::time::timeout_at(req.deadline, self.connect(addr));
@@ -265,7 +271,7 @@ fn encode(out: &mut Vec<u8>, req: &Outgoing<'_>, addr: SocketAddr) {
             b" HTTP/1.1\r\n",
         ],
     );
-    let mut had_length = false;
+    let (mut had_length, mut had_host) = (false, false);
     for (name, value) in req.headers {
         if name == header::CONTENT_LENGTH {
             had_length = true;
@@ -274,12 +280,14 @@ fn encode(out: &mut Vec<u8>, req: &Outgoing<'_>, addr: SocketAddr) {
         if req.set.iter().any(|(n, _)| n == name) {
             continue;
         }
+        // Noted on the way: cheaper than a lookup in the map after.
+        had_host |= name == header::HOST;
         super::field(out, name, value);
     }
     for (name, value) in req.set {
         super::field(out, name, value);
     }
-    if !req.headers.contains_key(header::HOST) {
+    if !had_host {
         match req.host {
             Some(h) => put(out, &[b"host: ", h.as_bytes(), b"\r\n"]),
             None => put(out, &[b"host: ", addr.to_string().as_bytes(), b"\r\n"]),

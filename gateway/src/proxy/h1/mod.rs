@@ -299,17 +299,37 @@ pub(crate) fn recycle(mut map: HeaderMap) {
 }
 
 /// Writes a `name: value` field line.
+///
+/// One reservation and four plain copies: a request and its response have a dozen fields
+/// between them, and four checked appends per field cost about 90 instructions each.
+#[inline]
 pub(crate) fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    put(
-        out,
-        &[name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"],
-    );
+    let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+    let len = name.len() + value.len() + 4;
+    out.reserve(len);
+    // SAFETY: `reserve` made room for `len` more bytes past `out.len()`, and the four copies
+    // below write exactly those `len` bytes, from slices that cannot overlap `out`'s spare
+    // capacity (a `&Vec` borrow would be needed to point into it), before `set_len` counts
+    // them.
+    unsafe {
+        let at = out.as_mut_ptr().add(out.len());
+        std::ptr::copy_nonoverlapping(name.as_ptr(), at, name.len());
+        let at = at.add(name.len());
+        at.cast::<[u8; 2]>().write_unaligned(*b": ");
+        let at = at.add(2);
+        std::ptr::copy_nonoverlapping(value.as_ptr(), at, value.len());
+        at.add(value.len())
+            .cast::<[u8; 2]>()
+            .write_unaligned(*b"\r\n");
+        out.set_len(out.len() + len);
+    }
 }
 
-/// `buf.put_slice` for several slices.
+/// `buf.put_slice` for several slices, with one reservation.
 pub(crate) fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    buf.reserve(parts.iter().map(|p| p.len()).sum());
     for p in parts {
-        buf.put_slice(p);
+        buf.extend_from_slice(p);
     }
 }
 
@@ -340,6 +360,35 @@ pub(crate) fn date(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_appends_one_line() {
+        // Full, and with spare room, so both the growing and the in-place copy are taken.
+        for mut out in [b"HTTP/1.1 200 OK\r\n".to_vec(), Vec::with_capacity(512)] {
+            let before = out.clone();
+            field(
+                &mut out,
+                &hyper::header::CONTENT_TYPE,
+                &HeaderValue::from_static("text/plain"),
+            );
+            field(
+                &mut out,
+                &HeaderName::from_static("x-empty"),
+                &HeaderValue::from_static(""),
+            );
+            let long = "v".repeat(3000);
+            field(
+                &mut out,
+                &HeaderName::from_static("x-long"),
+                &HeaderValue::from_str(&long).unwrap(),
+            );
+            let mut want = before;
+            want.extend_from_slice(b"content-type: text/plain\r\nx-empty: \r\nx-long: ");
+            want.extend_from_slice(long.as_bytes());
+            want.extend_from_slice(b"\r\n");
+            assert_eq!(out, want);
+        }
+    }
 
     /// What [`parsed_value`] relies on: every value httparse takes, request or response, is a
     /// valid `HeaderValue`, and it refuses every byte a `HeaderValue` refuses.
