@@ -308,9 +308,9 @@ pub(crate) fn field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     let len = name.len() + value.len() + 4;
     out.reserve(len);
     // SAFETY: `reserve` made room for `len` more bytes past `out.len()`, and the four copies
-    // below write exactly those `len` bytes, from slices that cannot overlap `out`'s spare
-    // capacity (a `&Vec` borrow would be needed to point into it), before `set_len` counts
-    // them.
+    // below write exactly those `len` bytes before `set_len` counts them. The sources cannot
+    // overlap the destination: they are shared borrows alive while `out` is borrowed mutably,
+    // so they do not point into its buffer.
     unsafe {
         let at = out.as_mut_ptr().add(out.len());
         std::ptr::copy_nonoverlapping(name.as_ptr(), at, name.len());
@@ -363,7 +363,8 @@ mod tests {
 
     #[test]
     fn field_appends_one_line() {
-        // Full, and with spare room, so both the growing and the in-place copy are taken.
+        // A vector at its capacity and one with room to spare: copies after growing, and in
+        // place.
         for mut out in [b"HTTP/1.1 200 OK\r\n".to_vec(), Vec::with_capacity(512)] {
             let before = out.clone();
             field(
