@@ -19,6 +19,11 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("gateway-ebpf manifest has no parent directory"))?;
+    // aya-build passes every line the inner cargo writes to stderr on as a `cargo:warning`, so
+    // its progress lines ("Compiling ...", "Finished ...") showed as a screen of warnings.
+    // Quiet, that cargo writes only errors there; the compiler's own warnings and errors come
+    // through its JSON messages, which aya-build still shows.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "gateway-ebpf",
