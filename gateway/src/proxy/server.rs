@@ -17,7 +17,10 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{
+            AtomicU64, AtomicUsize,
+            Ordering::{Relaxed, Release},
+        },
         Arc,
     },
     task::{Context, Poll},
@@ -444,9 +447,7 @@ impl Listeners {
             r.stop().await;
         }
         // Before the signal: a connection that skips polling `closing` looks here first.
-        self.shared
-            .closing_now
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.closing_now.store(true, Release);
         let _ = self.shared.closing.send(true);
         let until = Instant::now() + deadline;
         while self.shared.open.load(Relaxed) > 0 && Instant::now() < until {

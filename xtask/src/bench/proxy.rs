@@ -656,8 +656,11 @@ impl<'a> Results<'a> {
             };
             (value, detail)
         };
+        // Requests per proxy CPU-second, `a` over `b`.
+        let cpu_ratio =
+            |a: Case, b: Case| paired(a, b, Run::requests_per_proxy_cpu_s, versus(a, b));
         let at_least = |name: &'static str, a: Case, b: Case, min: f64| {
-            let (value, detail) = paired(a, b, Run::requests_per_proxy_cpu_s, versus(a, b));
+            let (value, detail) = cpu_ratio(a, b);
             Check {
                 name,
                 detail,
@@ -725,7 +728,7 @@ impl<'a> Results<'a> {
         ];
         let us = |case: Case| per_cpu(case).map(|r| 1e6 / r);
         let share = |name: &'static str, a: Case, b: Case| {
-            let (value, detail) = paired(a, b, Run::requests_per_proxy_cpu_s, versus(a, b));
+            let (value, detail) = cpu_ratio(a, b);
             (name, value, detail)
         };
         let reported = vec![
